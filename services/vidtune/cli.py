@@ -1,0 +1,223 @@
+"""`vidtune`: run stages in-process, submit them as jobs, follow jobs, serve, and run the local stack."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from vidtune.platform.errors import InvalidArgument, NotFound, VidtuneError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vidtune.registry import available, module
+
+    parser = argparse.ArgumentParser(prog="vidtune", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("VIDTUNE_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for svc in available("cli"):
+        module(svc, "cli").register(sub)
+
+    serve = sub.add_parser("serve", help="run one service's gRPC server (SIGTERM stops it gracefully)")
+    serve.add_argument("service", choices=available("service"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("VIDTUNE_PORT", "0")),
+                       help="default: $VIDTUNE_PORT, else the service's default port")
+    serve.add_argument("--host", default=os.environ.get("VIDTUNE_HOST", "127.0.0.1"))
+    serve.add_argument("--job-workers", type=int, default=int(os.environ.get("VIDTUNE_JOB_WORKERS", "1")),
+                       help="jobs run at once by this server")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run one job record to its end (a Kubernetes Job or a subprocess)")
+    worker.add_argument("--service", required=True, choices=available("tasks"))
+    worker.add_argument("--job-id", required=True)
+    worker.add_argument("--spec", help="YAML/JSON spec file or URI: creates the job record when it does not exist "
+                                       "yet (a Job submitted with kubectl alone); needs --kind")
+    worker.add_argument("--kind", help="job kind for --spec, e.g. train.run")
+    worker.set_defaults(func=cmd_worker)
+
+    jobs = sub.add_parser("jobs", help="list, get, watch or cancel jobs of a service")
+    jsub = jobs.add_subparsers(dest="action", required=True)
+    for action in ("list", "get", "watch", "cancel"):
+        q = jsub.add_parser(action)
+        if action == "list":
+            q.add_argument("--service", required=True, choices=available("service"))
+            q.add_argument("--state", default="", help="QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")
+            q.add_argument("--kind", default="")
+        else:
+            q.add_argument("job_id")
+            q.add_argument("--service", help="default: from the job id's prefix")
+        q.add_argument("--endpoint")
+        q.add_argument("--token")
+        q.set_defaults(func=cmd_jobs)
+
+    up = sub.add_parser("up", help="start the local stack: object store + services on loopback")
+    up.add_argument("--base-port", type=int, default=None, help="ports base, base+1, ... instead of the defaults")
+    up.add_argument("--services", default="", help="comma-separated subset (default: all)")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop what `vidtune up` started")
+    down.set_defaults(func=cmd_down)
+
+    health = sub.add_parser("health", help="check a service's grpc.health.v1 status (exit 0 when SERVING)")
+    health.add_argument("--port", type=int, required=True)
+    health.add_argument("--host", default="127.0.0.1")
+    health.add_argument("--service-name", default="")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def cmd_serve(args) -> int:
+    from vidtune.platform.server import DEFAULT_PORTS, Server, load_token, setup_logging
+    from vidtune.registry import module
+
+    setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
+    definition = module(args.service, "service").definition(job_workers=args.job_workers)
+    server = Server(definition, args.port or DEFAULT_PORTS[args.service], host=args.host, token=load_token())
+    server.serve_until_signal(grace=float(os.environ.get("VIDTUNE_STOP_GRACE", "10")))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from vidtune.platform.jobs import TERMINAL, JobStore, execute
+    from vidtune.platform.server import setup_logging
+    from vidtune.platform.settings import jobs_root
+    from vidtune.platform.storage import Storage
+    from vidtune.registry import module
+
+    setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
+    storage = Storage()
+    store = JobStore(storage, jobs_root(), args.service)
+    try:
+        record = store.load(args.job_id)
+    except NotFound:
+        if not args.spec:
+            raise
+        record = _record_from_spec(storage, store, args)
+    if record["state"] in TERMINAL:
+        print(f"job {args.job_id} is already {record['state']}", file=sys.stderr)
+        return 0 if record["state"] == "SUCCEEDED" else 1
+    if record["state"] == "RUNNING":  # a previous pod died mid-run: continue where its outputs stop
+        from vidtune.platform.jobs import QUEUED, transition
+
+        transition(record, QUEUED)
+    handlers = module(args.service, "tasks").HANDLERS
+    record = execute(record, handlers[record["kind"]], storage, store)
+    print(json.dumps({"id": record["id"], "state": record["state"], "result": record["result"],
+                      "error": record["error"]}, ensure_ascii=False))
+    return 0 if record["state"] == "SUCCEEDED" else 1
+
+
+def _record_from_spec(storage, store, args) -> dict:
+    """A job record for a Job submitted with kubectl alone: the spec comes from a file or URI."""
+    import yaml
+
+    from vidtune.platform.jobs import new_record
+    from vidtune.registry import module
+
+    handlers = module(args.service, "tasks").HANDLERS
+    if args.kind not in handlers:
+        raise InvalidArgument(f"--kind {args.kind!r} is not a {args.service} job kind; known: {sorted(handlers)}")
+    spec = yaml.safe_load(storage.read_text(args.spec))
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"{args.spec}: the spec must be a mapping")
+    record = new_record(args.service, args.kind, spec, backend="kubernetes")
+    record["id"] = args.job_id
+    store.save(record)
+    return record
+
+
+def cmd_jobs(args) -> int:
+    import grpc
+
+    from vidtune.platform.client import ServiceClient, job_dict, rpc_error_text, watch
+    from vidtune.platform.jobs import service_of
+    from vidtune.v1 import jobs_pb2
+
+    service = args.service or service_of(args.job_id)
+    if not service:
+        print(f"error: cannot tell the service of job {args.job_id!r}; pass --service", file=sys.stderr)
+        return 2
+    with ServiceClient(service, args.endpoint, args.token) as c:
+        try:
+            if args.action == "list":
+                state = jobs_pb2.JobState.Value(args.state.upper()) if args.state else 0
+                resp = c.jobs().ListJobs(jobs_pb2.ListJobsRequest(kind=args.kind, state=state),
+                                         metadata=c.metadata, timeout=c.timeout)
+                for j in resp.jobs:
+                    print(f"{j.id}\t{j.kind}\t{jobs_pb2.JobState.Name(j.state)}\t{j.progress.percent:5.1f}%\t"
+                          f"{j.progress.message}")
+                return 0
+            if args.action == "watch":
+                job = watch(c, args.job_id)
+            elif args.action == "cancel":
+                job = c.jobs().CancelJob(jobs_pb2.CancelJobRequest(id=args.job_id), metadata=c.metadata,
+                                         timeout=c.timeout)
+            else:
+                job = c.jobs().GetJob(jobs_pb2.GetJobRequest(id=args.job_id), metadata=c.metadata, timeout=c.timeout)
+        except grpc.RpcError as e:
+            print(f"error: {rpc_error_text(e)}", file=sys.stderr)
+            return 2
+    print(json.dumps(job_dict(job), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from vidtune.platform import stack
+
+    services = [s for s in args.services.split(",") if s] or None
+    state = stack.up(services=services, base_port=args.base_port)
+    print(f"object store: {state['s3']['VIDTUNE_S3_ENDPOINT']}")
+    for svc, port in state["ports"].items():
+        print(f"{svc}: 127.0.0.1:{port}")
+    print("stop with: vidtune down")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from vidtune.platform import stack
+
+    stopped = stack.down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_health(args) -> int:
+    import grpc
+
+    from vidtune.platform.stack import check_health
+
+    try:
+        status = check_health(f"{args.host}:{args.port}", args.service_name)
+    except grpc.RpcError as e:
+        print(f"{args.host}:{args.port}: {e.code().name}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _use_local_stack_store() -> None:
+    """Commands run in-process reach the local stack's object store when no other is configured."""
+    if os.environ.get("VIDTUNE_S3_ENDPOINT"):
+        return
+    from vidtune.platform.client import stack_state
+
+    for k, v in stack_state().get("s3", {}).items():
+        os.environ.setdefault(k, v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _use_local_stack_store()
+    try:
+        return args.func(args)
+    except VidtuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The client side every CLI command shares: where a service is, its token, and watching a job."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from .errors import FailedPrecondition
+from .server import DEFAULT_PORTS
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def stack_state_path() -> Path:
+    return Path(os.environ.get("VIDTUNE_HOME", Path.home() / ".vidtune")) / "stack.json"
+
+
+def stack_state() -> dict:
+    p = stack_state_path()
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def endpoint_for(service: str, explicit: str | None = None) -> str:
+    """--endpoint, else VIDTUNE_<SERVICE>_ENDPOINT, else the local stack's port, else the default port."""
+    if explicit:
+        return explicit
+    env = os.environ.get(f"VIDTUNE_{service.upper()}_ENDPOINT")
+    if env:
+        return env
+    port = stack_state().get("ports", {}).get(service) or DEFAULT_PORTS[service]
+    return f"127.0.0.1:{port}"
+
+
+def token(explicit: str | None = None) -> str | None:
+    if explicit:
+        return explicit
+    path = os.environ.get("VIDTUNE_TOKEN_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get("VIDTUNE_TOKEN") or stack_state().get("token")
+
+
+class ServiceClient:
+    """A channel to one service plus the call metadata (bearer token) every call carries."""
+
+    def __init__(self, service: str, endpoint: str | None = None, bearer: str | None = None, timeout: float = 30):
+        self.service = service
+        self.endpoint = endpoint_for(service, endpoint)
+        self.channel = grpc.insecure_channel(self.endpoint)
+        t = token(bearer)
+        self.metadata = [("authorization", f"Bearer {t}")] if t else []
+        self.timeout = timeout
+
+    def stub(self, stub_cls):
+        return stub_cls(self.channel)
+
+    def jobs(self):
+        from vidtune.v1 import jobs_pb2_grpc
+
+        return jobs_pb2_grpc.JobServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def job_dict(job) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(job, preserving_proto_field_name=True)
+
+
+def watch(client: ServiceClient, job_id: str, show_bar: bool = True, out=sys.stderr):
+    """Follow a job to its end with a progress bar (percent, ETA, message); return the final Job message."""
+    from tqdm import tqdm
+
+    from vidtune.v1 import jobs_pb2
+
+    bar = None
+    last = None
+    try:
+        for job in client.jobs().WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=client.metadata):
+            last = job
+            p = job.progress
+            if show_bar:
+                if bar is None and p.total:
+                    bar = tqdm(total=p.total, desc=job.id, unit="item", file=out, dynamic_ncols=True)
+                if bar is not None:
+                    if p.total != bar.total:
+                        bar.total = p.total
+                    bar.n = p.done
+                    eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 else ""
+                    bar.set_postfix_str(f"{jobs_pb2.JobState.Name(job.state)}{eta} {p.message[:60]}", refresh=False)
+                    bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    if last is None:
+        raise FailedPrecondition(f"job {job_id}: the watch stream ended without a state")
+    return last
+
+
+def rpc_error_text(e: grpc.RpcError) -> str:
+    return f"{e.code().name}: {e.details()}"
+
+
+# --------------------------------------------------------------------------- shared CLI pieces
+def add_client_args(parser) -> None:
+    parser.add_argument("--endpoint", help="host:port of the service (default: env, local stack, default port)")
+    parser.add_argument("--token", help="bearer token (default: VIDTUNE_TOKEN_FILE, VIDTUNE_TOKEN, local stack)")
+    parser.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+
+
+def submit_and_follow(service: str, args, submit) -> int:
+    """Call `submit(client)` (which returns a Job), print its id, and with --watch follow it to the end."""
+    with ServiceClient(service, args.endpoint, args.token) as client:
+        try:
+            job = submit(client)
+        except grpc.RpcError as e:
+            print(f"error: {rpc_error_text(e)}", file=sys.stderr)
+            return 2
+        print(f"submitted {job.id}", file=sys.stderr)
+        if not getattr(args, "watch", False):
+            print(job.id)
+            return 0
+        job = watch(client, job.id)
+        print(json.dumps(job_dict(job), ensure_ascii=False, indent=2))
+        return 0 if job.state == 3 else 1  # 3 = SUCCEEDED
+
+
+class CliProgress:
+    """A tqdm bar driven by the (done, total, message) callbacks the cores call."""
+
+    def __init__(self, desc: str, unit: str = "item", enabled: bool = True):
+        self.desc, self.unit, self.enabled = desc, unit, enabled
+        self.bar = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None and total:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.total = total or self.bar.total
+            self.bar.n = done
+            self.bar.set_postfix_str(message[:60], refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

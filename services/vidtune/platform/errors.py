@@ -1,0 +1,32 @@
+"""Errors that carry a gRPC status code, so cores can say what went wrong without knowing gRPC."""
+from __future__ import annotations
+
+
+class VidtuneError(Exception):
+    """Base class; `code` is the name of a grpc.StatusCode."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(VidtuneError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(VidtuneError, LookupError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(VidtuneError):
+    code = "FAILED_PRECONDITION"
+
+
+class Unavailable(VidtuneError):
+    code = "UNAVAILABLE"
+
+
+class JobCancelled(VidtuneError):
+    code = "CANCELLED"
+
+
+def status_code_name(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, VidtuneError) else "INTERNAL"

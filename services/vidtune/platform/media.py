@@ -1,0 +1,103 @@
+"""Media facts read in-process with PyAV (no ffprobe subprocess per file), and media-type detection."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts", ".mpg", ".mpeg",
+                    ".mxf", ".flv", ".wmv", ".m4v", ".3gp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Demuxers ffmpeg may use on archive input; anything else (playlists, concat lists, network
+# formats) is refused so one input file can never make ffmpeg read other files or hosts.
+SAFE_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,mxf,flv,asf,m4v,h264,hevc,dv,"
+                 "ogg,gif,yuv4mpegpipe,mpegvideo")
+
+SAFE_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": SAFE_DEMUXERS}
+
+
+def media_type(path: str) -> str:
+    """'video', 'image' or 'unknown', from the file name."""
+    ext = Path(str(path)).suffix.lower()
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    return "unknown"
+
+
+@dataclass
+class VideoInfo:
+    container: str
+    codec: str
+    width: int            # as stored (before rotation)
+    height: int
+    display_width: int    # as shown (after rotation metadata)
+    display_height: int
+    rotation: int         # degrees, 0/90/180/270
+    fps: float
+    duration: float       # seconds
+    frames: int           # counted from the container; estimated from fps*duration when absent
+    pix_fmt: str
+    bit_depth: int
+    has_audio: bool
+    variable_frame_rate: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_video(path: str | Path, label: str | None = None) -> VideoInfo:
+    """Stream facts of a local video file; raises InvalidArgument naming the file (or `label`, e.g. the
+    object URI it was downloaded from) and the reason."""
+    import av
+
+    label = label or str(path)
+
+    try:
+        with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
+            if not c.streams.video:
+                raise InvalidArgument(f"{label}: no video stream")
+            v = c.streams.video[0]
+            cc = v.codec_context
+            rate = v.average_rate or v.guessed_rate or v.base_rate
+            fps = float(rate) if rate else 0.0
+            if v.duration is not None and v.time_base:
+                duration = float(v.duration * v.time_base)
+            elif c.duration:
+                duration = c.duration / 1_000_000
+            else:
+                duration = 0.0
+            frames = int(v.frames) if v.frames else int(round(fps * duration))
+            rotation = _rotation(c)
+            w, h = int(cc.width), int(cc.height)
+            dw, dh = (h, w) if rotation in (90, 270) else (w, h)
+            pix = cc.pix_fmt or ""
+            depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
+            real = v.guessed_rate or rate
+            vfr = bool(v.average_rate and real and abs(float(v.average_rate) - float(real)) > 0.01)
+            return VideoInfo(container=c.format.name, codec=cc.name, width=w, height=h, display_width=dw,
+                             display_height=dh, rotation=rotation, fps=round(fps, 3), duration=round(duration, 3),
+                             frames=frames, pix_fmt=pix, bit_depth=depth, has_audio=bool(c.streams.audio),
+                             variable_frame_rate=vfr)
+    except InvalidArgument:
+        raise
+    except Exception as e:  # PyAV raises many error types for damaged files
+        reason = getattr(e, "strerror", None) or str(e)
+        raise InvalidArgument(f"{label}: not a readable video ({reason})") from None
+
+
+def _rotation(container) -> int:
+    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames."""
+    try:
+        frame = next(container.decode(video=0))
+        deg = float(getattr(frame, "rotation", 0) or 0)
+    except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
+        return 0
+    return int(round(deg)) % 360 // 90 * 90
+
+
+def as_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)

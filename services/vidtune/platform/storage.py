@@ -1,0 +1,323 @@
+"""One storage API over the S3 object store (minio SDK) and local paths.
+
+Every stage takes "DIR_OR_URI" arguments: `s3://bucket/key` goes to the object store, anything else is
+a local path. Cores call the same methods for both, so a stage runs unchanged on a laptop directory and
+on the cluster's MinIO.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from .errors import InvalidArgument, NotFound
+
+S3_SCHEME = "s3://"
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith(S3_SCHEME)
+
+
+def validate_key(key: str, allowed_prefix: str = "") -> str:
+    """Reject keys that could escape their place: '..', absolute, backslashes, NUL, empty parts."""
+    if not key:
+        raise InvalidArgument("empty object key")
+    if "\x00" in key or "\\" in key:
+        raise InvalidArgument(f"object key {key!r} contains a NUL or backslash")
+    if key.startswith("/"):
+        raise InvalidArgument(f"object key {key!r} must not start with '/'")
+    parts = key.rstrip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidArgument(f"object key {key!r} has an empty, '.' or '..' segment")
+    if allowed_prefix and not key.startswith(allowed_prefix):
+        raise InvalidArgument(f"object key {key!r} is outside the allowed prefix {allowed_prefix!r}")
+    return key
+
+
+def split_uri(uri: str, allowed_prefix: str = "") -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b"); the key is validated, a bare bucket gives key ""."""
+    if not is_s3(uri):
+        raise InvalidArgument(f"{uri!r} is not an s3:// URI")
+    rest = uri[len(S3_SCHEME):]
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise InvalidArgument(f"{uri!r}: bucket {bucket!r} is not a valid name (3-63 of a-z 0-9 . -)")
+    if key:
+        validate_key(key, allowed_prefix)
+    return bucket, key
+
+
+def require_object_uris(values: list[str] | str, field_name: str) -> None:
+    """A service reads and writes only the object store, unless its operator allows local paths
+    (VIDTUNE_ALLOW_LOCAL_PATHS=1, set by the single-machine stack): a remote caller must never make a
+    pod read its own files."""
+    if os.environ.get("VIDTUNE_ALLOW_LOCAL_PATHS") == "1":
+        return
+    for v in [values] if isinstance(values, str) else values:
+        if v and not is_s3(v):
+            raise InvalidArgument(f"{field_name}: {v!r} is not an s3:// URI (this service reads and writes "
+                                  "only the object store)")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI or path segments with exactly one '/' between them."""
+    out = str(base)
+    for p in parts:
+        p = str(p)
+        if not p:
+            continue
+        out = out.rstrip("/") + "/" + p.lstrip("/")
+    return out
+
+
+def basename(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class S3Config:
+    endpoint: str = "127.0.0.1:8333"
+    access_key: str = ""
+    secret_key: str = ""
+    secure: bool = False
+    region: str | None = None
+    allowed_prefix: str = ""  # when set, every key must start with it
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "S3Config":
+        """Endpoint and credentials from the environment (or a mounted secret directory).
+
+        VIDTUNE_S3_ENDPOINT (host:port or http(s)://host:port), VIDTUNE_S3_ACCESS_KEY / _SECRET_KEY
+        (falling back to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), VIDTUNE_S3_SECRET_DIR (files
+        `access-key` and `secret-key`, as a Kubernetes Secret volume mounts them), VIDTUNE_S3_SECURE,
+        VIDTUNE_S3_REGION, VIDTUNE_S3_PREFIX.
+        """
+        env = os.environ if env is None else env
+        endpoint = env.get("VIDTUNE_S3_ENDPOINT", "127.0.0.1:8333")
+        secure = env.get("VIDTUNE_S3_SECURE", "").lower() in ("1", "true", "yes")
+        parsed = urlparse(endpoint) if "://" in endpoint else None
+        if parsed is not None:
+            secure = parsed.scheme == "https"
+            endpoint = parsed.netloc
+        access = env.get("VIDTUNE_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID", "")
+        secret = env.get("VIDTUNE_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY", "")
+        secret_dir = env.get("VIDTUNE_S3_SECRET_DIR")
+        if secret_dir:
+            d = Path(secret_dir)
+            access = (d / "access-key").read_text().strip()
+            secret = (d / "secret-key").read_text().strip()
+        return cls(endpoint=endpoint, access_key=access, secret_key=secret, secure=secure,
+                   region=env.get("VIDTUNE_S3_REGION") or None,
+                   allowed_prefix=env.get("VIDTUNE_S3_PREFIX", ""))
+
+
+@dataclass
+class Storage:
+    """Read and write local paths and s3:// URIs through one interface."""
+
+    config: S3Config = field(default_factory=S3Config.from_env)
+    _client: object = field(default=None, init=False, repr=False)
+    _buckets_seen: set = field(default_factory=set, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    # -- the object store client, created on first use so local-only runs never need a server
+    @property
+    def client(self):
+        if self._client is None:
+            from minio import Minio
+
+            self._client = Minio(self.config.endpoint, access_key=self.config.access_key or None,
+                                 secret_key=self.config.secret_key or None, secure=self.config.secure,
+                                 region=self.config.region)
+        return self._client
+
+    def _split(self, uri: str) -> tuple[str, str]:
+        return split_uri(uri, self.config.allowed_prefix)
+
+    def ensure_bucket(self, uri_or_bucket: str) -> None:
+        bucket = self._split(uri_or_bucket)[0] if is_s3(uri_or_bucket) else uri_or_bucket
+        with self._lock:
+            if bucket in self._buckets_seen:
+                return
+        if not self.client.bucket_exists(bucket):
+            from minio.error import S3Error
+
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as e:  # a concurrent creator won the race
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        with self._lock:
+            self._buckets_seen.add(bucket)
+
+    # -- queries
+    def exists(self, uri: str) -> bool:
+        if not is_s3(uri):
+            return Path(uri).exists()
+        from minio.error import S3Error
+
+        bucket, key = self._split(uri)
+        try:
+            self.client.stat_object(bucket, key)
+            return True
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+                return False
+            raise
+
+    def size(self, uri: str) -> int:
+        if not is_s3(uri):
+            return Path(uri).stat().st_size
+        bucket, key = self._split(uri)
+        return self._stat(bucket, key).size
+
+    def _stat(self, bucket: str, key: str):
+        from minio.error import S3Error
+
+        try:
+            return self.client.stat_object(bucket, key)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+                raise NotFound(f"s3://{bucket}/{key} does not exist") from None
+            raise
+
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        """Every file (object) below a directory or prefix, sorted, as paths or URIs."""
+        if not is_s3(prefix):
+            root = Path(prefix)
+            if root.is_file():
+                yield str(root)
+                return
+            if not root.exists():
+                return
+            it = root.rglob("*") if recursive else root.iterdir()
+            for p in sorted(it):
+                if p.is_file():
+                    yield str(p)
+            return
+        bucket, key = split_uri(prefix)  # listing a prefix may name a folder-like key
+        from minio.error import S3Error
+
+        try:
+            for obj in self.client.list_objects(bucket, prefix=key or None, recursive=recursive):
+                if not obj.is_dir:
+                    yield f"{S3_SCHEME}{bucket}/{obj.object_name}"
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
+
+    # -- bytes
+    def read_bytes(self, uri: str) -> bytes:
+        if not is_s3(uri):
+            p = Path(uri)
+            if not p.exists():
+                raise NotFound(f"{uri} does not exist")
+            return p.read_bytes()
+        from minio.error import S3Error
+
+        bucket, key = self._split(uri)
+        try:
+            resp = self.client.get_object(bucket, key)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"{uri} does not exist") from None
+            raise
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        if not is_s3(uri):
+            p = Path(uri)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, p)  # readers never see half a file
+            return uri
+        bucket, key = self._split(uri)
+        self.ensure_bucket(bucket)
+        self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        return uri
+
+    def write_text(self, uri: str, text: str, content_type: str = "text/plain; charset=utf-8") -> str:
+        return self.write_bytes(uri, text.encode("utf-8"), content_type)
+
+    # -- files
+    def upload(self, local_path: str | Path, uri: str, content_type: str | None = None) -> str:
+        if not is_s3(uri):
+            dst = Path(uri)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}.{threading.get_ident()}")
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, dst)
+            return uri
+        bucket, key = self._split(uri)
+        self.ensure_bucket(bucket)
+        self.client.fput_object(bucket, key, str(local_path),
+                                content_type=content_type or _guess_type(str(local_path)))
+        return uri
+
+    def download(self, uri: str, local_path: str | Path) -> Path:
+        local_path = Path(local_path)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        if not is_s3(uri):
+            if not Path(uri).exists():
+                raise NotFound(f"{uri} does not exist")
+            shutil.copyfile(uri, local_path)
+            return local_path
+        bucket, key = self._split(uri)
+        self._stat(bucket, key)  # a clear NotFound instead of an S3Error
+        self.client.fget_object(bucket, key, str(local_path))
+        return local_path
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str, scratch: str | Path | None = None) -> Iterator[Path]:
+        """A local path holding the content of `uri`: the file itself when local, a temp copy otherwise."""
+        if not is_s3(uri):
+            if not Path(uri).exists():
+                raise NotFound(f"{uri} does not exist")
+            yield Path(uri)
+            return
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="vt-in-") as d:
+            yield self.download(uri, Path(d) / basename(uri))
+
+    @contextlib.contextmanager
+    def staged_output(self, uri: str, scratch: str | Path | None = None) -> Iterator[Path]:
+        """A local path to write; on a clean exit it is published at `uri` in one step."""
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="vt-out-") as d:
+            local = Path(d) / basename(uri)
+            yield local
+            self.upload(local, uri)
+
+    def delete(self, uri: str) -> None:
+        if not is_s3(uri):
+            with contextlib.suppress(FileNotFoundError):
+                Path(uri).unlink()
+            return
+        bucket, key = self._split(uri)
+        self.client.remove_object(bucket, key)
+
+
+_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".jpg": "image/jpeg", ".json": "application/json",
+          ".jsonl": "application/x-ndjson", ".html": "text/html", ".md": "text/markdown",
+          ".csv": "text/csv", ".parquet": "application/vnd.apache.parquet",
+          ".safetensors": "application/octet-stream"}
+
+
+def _guess_type(path: str) -> str:
+    return _TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")

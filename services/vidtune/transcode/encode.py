@@ -1,0 +1,172 @@
+"""One input file -> one output file on a profile's canvas: ffmpeg for video, OpenCV for images.
+
+The picture keeps its aspect ratio and sits centred on a black canvas. ffmpeg reads only the local file
+it was given: the protocol whitelist allows `file` alone and the demuxer whitelist refuses playlists and
+concat lists, so no input can make it open other files or hosts; every run has a timeout.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+
+from vidtune.platform.errors import FailedPrecondition, InvalidArgument
+from vidtune.platform.media import SAFE_DEMUXERS, VideoInfo, probe_video
+
+from .profiles import Profile
+
+# Child processes started by encode_video, so a cancelled job can stop them at once.
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def ffmpeg_binary() -> str:
+    found = os.environ.get("VIDTUNE_FFMPEG") or shutil.which("ffmpeg")
+    if not found:
+        raise FailedPrecondition("ffmpeg not found on PATH (apt-get install ffmpeg, or set VIDTUNE_FFMPEG)")
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def nvenc_works(binary: str) -> bool:
+    """True when h264_nvenc can really encode here (a GPU and driver present), tried once per process."""
+    try:
+        r = subprocess.run([binary, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i",
+                            "color=black:s=256x256:d=0.1", "-c:v", "h264_nvenc", "-f", "null", "-"],
+                           capture_output=True, timeout=30)
+        return r.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def choose_encoder(binary: str) -> str:
+    """VIDTUNE_TRANSCODE_ENCODER=libx264|h264_nvenc forces one; the default takes NVENC when it works."""
+    forced = os.environ.get("VIDTUNE_TRANSCODE_ENCODER", "auto")
+    if forced in ("libx264", "h264_nvenc"):
+        return forced
+    return "h264_nvenc" if nvenc_works(binary) else "libx264"
+
+
+@dataclass
+class EncodeResult:
+    width: int
+    height: int
+    duration: float
+    fps: float
+    encoder: str
+
+
+def video_command(src: Path, dst: Path, profile: Profile, source: VideoInfo, encoder: str,
+                  binary: str = "ffmpeg") -> list[str]:
+    """The exact ffmpeg command line for one video (also what the benchmark runs directly)."""
+    # ffmpeg applies rotation metadata itself (autorotate), so the canvas fit uses the displayed size.
+    fps = profile.fps or source.fps or 25.0
+    stream = ffmpeg.input(f"file:{src}", protocol_whitelist="file", format_whitelist=SAFE_DEMUXERS)
+    video = (stream.video
+             .filter("fps", fps=f"{fps:.6g}")   # constant frame rate, also for variable-rate sources
+             .filter("scale", profile.width, profile.height, force_original_aspect_ratio="decrease",
+                     force_divisible_by=2, flags="bicubic")
+             .filter("setsar", 1)
+             .filter("pad", profile.width, profile.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+             .filter("format", "yuv420p"))      # 8-bit 4:2:0 from 10-bit or 4:2:2 sources
+    out_args = {"movflags": "+faststart", "pix_fmt": "yuv420p", "an": None, "sn": None, "dn": None,
+                "map_metadata": -1, "protocol_whitelist": "file"}
+    if encoder == "h264_nvenc":
+        out_args.update(vcodec="h264_nvenc", preset="p4", rc="vbr", cq=profile.nvenc_cq, **{"b:v": 0})
+    else:
+        out_args.update(vcodec="libx264", preset=profile.preset, crf=profile.crf)
+    if profile.max_duration:
+        out_args["t"] = f"{profile.max_duration:.3f}"
+    args = video.output(f"file:{dst}", **out_args).compile(cmd=binary, overwrite_output=True)
+    return [args[0], "-hide_banner", "-nostdin", "-loglevel", "error", *args[1:]]
+
+
+def run_ffmpeg(cmd: list[str], timeout: float, label: str) -> None:
+    """Run ffmpeg with a timeout, no stdin and no proxy settings; errors name the input and ffmpeg's reason."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    with _running_lock:
+        _running.add(proc)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise InvalidArgument(f"{label}: ffmpeg did not finish within {timeout:.0f} s") from None
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    if proc.returncode != 0:
+        lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
+        reason = "; ".join(lines[-3:]) or f"exit code {proc.returncode}"
+        if proc.returncode < 0:
+            reason = f"killed by signal {-proc.returncode}"
+        raise InvalidArgument(f"{label}: ffmpeg failed: {reason}")
+
+
+def stop_all_encoders() -> None:
+    """Kill every ffmpeg this process started (a cancelled job does not wait for them)."""
+    with _running_lock:
+        procs = list(_running)
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def encode_timeout(duration: float) -> float:
+    """Generous for a CPU encoder on a busy node, still bounded: 2 minutes plus 4x real time."""
+    base = float(os.environ.get("VIDTUNE_FFMPEG_TIMEOUT_BASE", "120"))
+    return base + 4.0 * max(duration, 0.0)
+
+
+def encode_video(src: Path, dst: Path, profile: Profile, label: str) -> EncodeResult:
+    source = probe_video(src, label)
+    if source.duration <= 0 and source.frames <= 0:
+        raise InvalidArgument(f"{label}: video has no duration and no frames")
+    binary = ffmpeg_binary()
+    encoder = choose_encoder(binary)
+    cmd = video_command(src, dst, profile, source, encoder, binary)
+    run_ffmpeg(cmd, encode_timeout(source.duration), label)
+    out = probe_video(dst, f"{label} (output)")
+    if out.frames <= 0 or out.duration <= 0:
+        raise InvalidArgument(f"{label}: ffmpeg wrote no frames (the source may be truncated)")
+    return EncodeResult(out.width, out.height, out.duration, out.fps, encoder)
+
+
+def letterbox(image, width: int, height: int):
+    """Resize an HxWxC array to fit width x height, aspect kept, centred on black."""
+    import cv2
+    import numpy as np
+
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    x, y = (width - nw) // 2, (height - nh) // 2
+    canvas[y:y + nh, x:x + nw] = resized
+    return canvas
+
+
+def encode_image(src: Path, dst: Path, profile: Profile, label: str) -> EncodeResult:
+    import cv2
+
+    # IMREAD_COLOR applies EXIF orientation and gives 8-bit BGR from 16-bit, grey or alpha images.
+    image = cv2.imread(str(src), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise InvalidArgument(f"{label}: not a readable image")
+    canvas = letterbox(image, profile.width, profile.height)
+    if not cv2.imwrite(str(dst), canvas):
+        raise InvalidArgument(f"{label}: could not write PNG")
+    return EncodeResult(profile.width, profile.height, 0.0, 0.0, "png")

@@ -1,0 +1,37 @@
+"""TranscodeService over gRPC: validate the request, submit a job; everything else is the JobService."""
+from __future__ import annotations
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.jobs import JobManager
+from vidtune.platform.server import ServiceDefinition, proto_to_dict, record_to_proto, rpc
+from vidtune.platform.storage import Storage, require_object_uris
+from vidtune.platform.settings import jobs_root
+from vidtune.v1 import transcode_pb2, transcode_pb2_grpc
+
+from .profiles import get_profile
+from .tasks import HANDLERS, batch_spec_errors
+
+
+class TranscodeServicer(transcode_pb2_grpc.TranscodeServiceServicer):
+    def __init__(self, manager: JobManager):
+        self.manager = manager
+
+    @rpc
+    def SubmitTranscode(self, request, context):
+        spec = proto_to_dict(request)
+        errors = batch_spec_errors(spec)
+        if errors:
+            raise InvalidArgument("; ".join(errors))
+        require_object_uris(spec["inputs"], "inputs")
+        require_object_uris([spec["output"], spec.get("report", "")], "output")
+        get_profile(spec["profile"] or "wan-720p", spec["fps"] or None, spec["max_duration"] or None)
+        return record_to_proto(self.manager.submit("transcode.batch", spec))
+
+
+def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
+    manager = JobManager("transcode", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers)
+    return ServiceDefinition(
+        name="transcode",
+        servicers=[(transcode_pb2_grpc.add_TranscodeServiceServicer_to_server, TranscodeServicer(manager))],
+        proto_services=[transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].full_name],
+        manager=manager)

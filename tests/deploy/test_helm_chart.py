@@ -1,0 +1,331 @@
+"""The Helm chart, rendered by the real Helm engine for each profile and read object by object."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import yaml
+
+from deploy_support import (CHART, GRPC_TOKEN, KUBE_VERSIONS, PROFILES, S3_ACCESS, S3_SECRET, job_templates, pod_specs,
+                       profile_values, render, schema_errors)
+
+SERVICES = {"transcode": 50051, "quality": 50052, "train": 50053, "evaluate": 50054}
+V100_SELECTOR = ("nvidia.com/gpu.product", "Tesla-V100-SXM2-32GB")
+
+
+def by_kind(objects, kind):
+    return [obj for _, obj in objects if obj["kind"] == kind]
+
+
+def deployment(objects, component):
+    found = [d for d in by_kind(objects, "Deployment")
+             if d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {component} Deployment, found {len(found)}"
+    return found[0]
+
+
+def all_pod_specs(objects):
+    """Every pod spec the release runs: workloads, hooks, the helm test pod and the worker Job template."""
+    specs = []
+    for path, obj in list(objects) + job_templates(objects):
+        specs.extend((f"{path}:{obj['kind']}/{obj['metadata'].get('name') or obj['metadata'].get('generateName')}", s)
+                     for s in pod_specs(obj))
+    return specs
+
+
+# --- lint and schema ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_chart_lints_strictly(name):
+    import helm_python
+
+    report = helm_python.lint(str(CHART), profile_values(name) or None, strict=True, namespace="vidtune-test",
+                              kube_version="v1.28.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+def test_every_rendered_object_matches_the_kubernetes_schemas(rendered):
+    objects = list(rendered) + job_templates(rendered)
+    assert len(objects) > 15
+    failures = []
+    for version in KUBE_VERSIONS:
+        for path, obj in objects:
+            failures += [f"{version} {path} {obj['kind']}: {e}" for e in schema_errors(obj, version)]
+    assert not failures, "\n".join(failures[:20])
+
+
+def test_schema_validation_is_not_vacuous():
+    """A misspelt field and a wrong type must both be caught, or the test above proves nothing."""
+    _, objects = render({})
+    dep = json.loads(json.dumps(deployment(objects, "train")))
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grcp"] = {"port": 1}
+    dep["spec"]["replicas"] = "one"
+    errors = schema_errors(dep, "1.30.0")
+    assert any("grcp" in e for e in errors) and any("replicas" in e for e in errors), errors
+
+
+def test_values_schema_rejects_bad_values():
+    import helm_python
+
+    with helm_python.Chart.load(str(CHART)) as chart:
+        chart.validate_schema({})
+        for bad in ({"services": {"train": {"placement": "tpu"}}},
+                    {"objectStorage": {"bucket": "Not_A_Bucket"}},
+                    {"securityContext": {"allowPrivilegeEscalation": True}},
+                    {"unknownTopLevel": 1}):
+            with pytest.raises(helm_python.HelmError):
+                chart.validate_schema(bad)
+
+
+# --- placement and GPUs -------------------------------------------------------------------------------
+
+def test_gpu_workloads_carry_the_v100_selector_and_gpu_limits(rendered):
+    gpu_specs = [(where, spec) for where, spec in all_pod_specs(rendered)
+                 if any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {}) for c in spec["containers"])]
+    components = {where for where, _ in gpu_specs}
+    assert any("train" in w for w in components) and any("evaluate" in w for w in components), components
+    assert any("job-template" in w for w in components), "the worker Job template must ask for GPUs"
+    for where, spec in gpu_specs:
+        assert spec.get("nodeSelector", {}).get(V100_SELECTOR[0]) == V100_SELECTOR[1], where
+        assert any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])), where
+        for c in spec["containers"]:
+            limit = c["resources"]["limits"].get("nvidia.com/gpu")
+            assert isinstance(limit, int) and limit >= 1, (where, limit)
+            assert c["resources"].get("requests", {}).get("nvidia.com/gpu", limit) == limit, where
+            assert c["image"].endswith("-cu126"), (where, c["image"])
+
+
+def test_cpu_services_stay_off_gpu_nodes_by_default():
+    _, objects = render({})
+    for name in ("transcode", "quality"):
+        spec = deployment(objects, name)["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in spec["containers"][0]["resources"].get("limits", {})
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert {"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"} in terms[0]["matchExpressions"]
+        assert not spec["containers"][0]["image"].endswith("-cu126")
+
+
+def test_placement_is_overridable_per_service():
+    _, objects = render({"services": {"train": {"nodeSelector": {"pool": "a100"}, "gpus": 2},
+                                      "transcode": {"affinity": {}, "nodeSelector": {"pool": "cpu"}}}})
+    train = deployment(objects, "train")["spec"]["template"]["spec"]
+    assert train["nodeSelector"] == {"pool": "a100"}
+    assert train["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    transcode = deployment(objects, "transcode")["spec"]["template"]["spec"]
+    assert transcode["nodeSelector"] == {"pool": "cpu"} and "affinity" not in transcode
+
+
+def test_gpu_profile_moves_transcode_to_nvenc_and_enables_scheduling_extras():
+    _, objects = render(profile_values("gpu"))
+    transcode = deployment(objects, "transcode")["spec"]["template"]["spec"]
+    assert transcode["nodeSelector"][V100_SELECTOR[0]] == V100_SELECTOR[1]
+    env = {e["name"]: e.get("value") for e in transcode["containers"][0]["env"]}
+    assert env["VIDTUNE_TRANSCODE_ENCODER"] == "h264_nvenc"
+    (pc,) = by_kind(objects, "PriorityClass")
+    (template,) = [o for _, o in job_templates(objects)]
+    assert template["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "vidtune-v100"
+    assert template["spec"]["suspend"] is True  # Kueue admits suspended Jobs
+    assert template["spec"]["template"]["spec"]["priorityClassName"] == pc["metadata"]["name"]
+    limits = template["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 8
+
+
+# --- probes --------------------------------------------------------------------------------------------
+
+def test_probes_use_native_grpc_health(rendered):
+    services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(rendered, "Service")}
+    for name, port in SERVICES.items():
+        container = deployment(rendered, name)["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][:2] == ["serve", name] and container["args"][3] == str(port)
+        assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert set(container[probe]) & {"httpGet", "exec", "tcpSocket"} == set(), (name, probe)
+            assert container[probe]["grpc"]["port"] == port, (name, probe)
+        assert container["readinessProbe"]["grpc"]["service"] == f"vidtune.v1.{name.capitalize()}Service"
+        assert container["livenessProbe"]["grpc"]["service"] == ""
+        (svc_port,) = services[name]["spec"]["ports"]
+        assert svc_port["port"] == port and svc_port["appProtocol"] == "grpc"
+
+
+# --- security ------------------------------------------------------------------------------------------
+
+def test_every_container_runs_as_non_root_without_privilege_escalation(rendered):
+    specs = all_pod_specs(rendered)
+    assert len(specs) >= 6
+    for where, spec in specs:
+        pod_sc = spec.get("securityContext", {})
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+            uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert non_root is True and uid and uid > 0, (where, c["name"])
+            assert sc.get("allowPrivilegeEscalation") is False, (where, c["name"])
+            assert sc.get("privileged") is not True, (where, c["name"])
+            assert sc.get("readOnlyRootFilesystem") is True, (where, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (where, c["name"])
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, (where, c["name"], "a read-only root needs a writable /tmp")
+
+
+def test_vidtune_containers_have_cache_and_training_pods_have_memory_shm(rendered):
+    for where, spec in all_pod_specs(rendered):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            if c.get("command") != ["vidtune"] or c["args"][0] == "health":
+                continue
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert "/var/cache/vidtune" in mounts, where
+            if c["args"][0] == "worker" or c["args"][:2] in (["serve", "train"], ["serve", "evaluate"]):
+                shm = volumes[mounts["/dev/shm"]]
+                assert shm["emptyDir"]["medium"] == "Memory", where
+
+
+def test_rbac_lets_only_train_and_evaluate_manage_jobs(rendered):
+    (role,) = by_kind(rendered, "Role")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {(("batch",), ("jobs",)): {"create", "get", "list", "watch", "delete"},
+                     (("",), ("pods", "pods/log")): {"get", "list", "watch"}}
+    assert not by_kind(rendered, "ClusterRole") and not by_kind(rendered, "ClusterRoleBinding")
+    (binding,) = by_kind(rendered, "RoleBinding")
+    (subject,) = binding["subjects"]
+    for name in SERVICES:
+        spec = deployment(rendered, name)["spec"]["template"]["spec"]
+        bound = spec["serviceAccountName"] == subject["name"]
+        assert bound == (name in ("train", "evaluate")), name
+        assert spec["automountServiceAccountToken"] is bound, name
+        env = {e["name"] for e in spec["containers"][0]["env"]}
+        assert ("VIDTUNE_K8S_NAMESPACE" in env) == bound, name
+
+
+def test_network_policies_cover_every_pod(rendered):
+    policies = by_kind(rendered, "NetworkPolicy")
+    deny = [p for p in policies if "ingress" not in p["spec"]]
+    assert deny and deny[0]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "vidtune"
+    allowed_ports = {p["port"] for pol in policies for rule in pol["spec"].get("ingress", []) for p in rule["ports"]}
+    assert set(SERVICES.values()) <= allowed_ports
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+CREDENTIAL_VALUES = {
+    "objectStorage": {"accessKey": S3_ACCESS, "secretKey": S3_SECRET},
+    "auth": {"token": GRPC_TOKEN},
+}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_no_secret_value_appears_outside_secrets(name):
+    values = profile_values(name)
+    values = json.loads(json.dumps(values))
+    values.setdefault("objectStorage", {}).update(CREDENTIAL_VALUES["objectStorage"])
+    values.setdefault("auth", {}).update(CREDENTIAL_VALUES["auth"])
+    values["objectStorage"]["existingSecret"] = ""
+    values["auth"]["existingSecret"] = ""
+    rendered_text, objects = render(values)
+    needles = [S3_ACCESS, S3_SECRET, GRPC_TOKEN]
+    needles += [base64.b64encode(n.encode()).decode() for n in needles]
+    for path, obj in objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(obj)
+        leaked = [n for n in needles if n in text]
+        assert not leaked, f"{path} {obj['kind']}/{obj['metadata']['name']} contains credential values"
+    notes = next(t for p, t in rendered_text.items() if p.endswith("NOTES.txt"))
+    assert not any(n in notes for n in needles)
+    secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
+    decoded = {k: base64.b64decode(v).decode() for s in secrets.values() for k, v in s["data"].items()}
+    assert decoded == {"access-key": S3_ACCESS, "secret-key": S3_SECRET, "token": GRPC_TOKEN}
+
+
+def test_credentials_reach_containers_only_through_secret_references():
+    _, objects = render({"objectStorage": {"accessKey": S3_ACCESS, "secretKey": S3_SECRET}})
+    for where, spec in all_pod_specs(objects):
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                if any(w in e["name"] for w in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")) \
+                        and not e["name"].endswith(("_FILE", "_DIR", "_K8S_S3_SECRET")):
+                    assert "secretKeyRef" in e.get("valueFrom", {}), (where, e["name"])
+
+
+def test_existing_secrets_mean_no_secret_is_rendered():
+    values = {"objectStorage": {"existingSecret": "my-s3"}, "auth": {"existingSecret": "my-token"}}
+    _, objects = render(values)
+    assert not by_kind(objects, "Secret")
+    names = {v["secret"]["secretName"] for _, spec in all_pod_specs(objects)
+             for v in spec.get("volumes", []) if "secret" in v}
+    assert names == {"my-s3", "my-token"}
+    minio = by_kind(objects, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in minio["env"] if "valueFrom" in e}
+    assert refs == {"my-s3"}
+
+
+def test_external_s3_profile_has_no_minio_and_points_at_the_endpoint():
+    values = profile_values("external-s3")
+    _, objects = render(values)
+    assert not by_kind(objects, "StatefulSet") and not by_kind(objects, "Secret")
+    env = next(c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-env"))["data"]
+    assert env["VIDTUNE_S3_ENDPOINT"] == values["objectStorage"]["external"]["endpoint"]
+    assert env["VIDTUNE_JOBS_ROOT"] == "s3://broadcaster-vidtune/jobs"
+    assert not any("minio" in yaml.safe_dump(o) for _, o in objects if o["kind"] != "ConfigMap")
+
+
+def test_external_s3_without_credentials_fails_with_a_clear_message():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError, match="external S3 needs objectStorage.existingSecret"):
+        render({"minio": {"enabled": False}, "objectStorage": {"external": {"endpoint": "https://s3.example.com"}}})
+
+
+# --- MinIO and the bucket hook ------------------------------------------------------------------------
+
+def test_minio_image_is_pinned_and_overridable():
+    _, objects = render({})
+    (sts,) = by_kind(objects, "StatefulSet")
+    image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("quay.io/minio/minio:RELEASE.") and "@sha256:" in image
+    _, objects = render({"minio": {"image": {"repository": "registry.local/minio", "tag": "v1", "digest": ""}}})
+    (sts,) = by_kind(objects, "StatefulSet")
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/minio:v1"
+
+
+def test_bucket_hook_creates_every_bucket():
+    _, objects = render({"objectStorage": {"extraBuckets": ["vidtune-models", "vidtune"]}})
+    (job,) = [j for j in by_kind(objects, "Job") if j["metadata"]["name"].endswith("-buckets")]
+    assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"]
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "for bucket in vidtune vidtune-models; do" in script
+    assert "mc mb --ignore-existing" in script
+
+
+# --- what the services are told ------------------------------------------------------------------------
+
+def test_job_launching_services_get_a_consistent_worker_configuration():
+    _, objects = render(profile_values("gpu"))
+    (template,) = [o for _, o in job_templates(objects)]
+    pod = template["spec"]["template"]["spec"]
+    for name in ("train", "evaluate"):
+        spec = deployment(objects, name)["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["VIDTUNE_K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        assert env["VIDTUNE_K8S_IMAGE"]["value"] == pod["containers"][0]["image"]
+        assert json.loads(env["VIDTUNE_K8S_NODE_SELECTOR"]["value"]) == pod["nodeSelector"]
+        assert json.loads(env["VIDTUNE_K8S_TOLERATIONS"]["value"]) == pod["tolerations"]
+        assert json.loads(env["VIDTUNE_K8S_RESOURCES"]["value"]) == pod["containers"][0]["resources"]
+        assert env["VIDTUNE_K8S_SERVICE_ACCOUNT"]["value"] == pod["serviceAccountName"]
+        assert env["VIDTUNE_K8S_QUEUE_NAME"]["value"] == "vidtune-v100"
+        assert env["VIDTUNE_K8S_JOB_TEMPLATE"]["value"] == "/etc/vidtune/job-template.yaml"
+        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert "/etc/vidtune" in mounts
+    assert pod["automountServiceAccountToken"] is False
+    assert "auth-token" not in {v["name"] for v in pod["volumes"]}, "workers serve no gRPC: no token"
+
+
+def test_notes_tell_how_to_reach_the_services_and_submit_a_job():
+    rendered_text, _ = render({})
+    notes = next(t for p, t in rendered_text.items() if p.endswith("NOTES.txt"))
+    for name, port in SERVICES.items():
+        assert f"vidtune-{name}.vidtune-test.svc:{port}" in notes
+    assert "port-forward" in notes and "vidtune transcode submit" in notes and "--watch" in notes
+    assert "kubectl -n vidtune-test apply -f k8s/jobs/transcode-indexed-job.yaml" in notes

@@ -1,0 +1,79 @@
+import pytest
+
+from vidtune.platform.errors import InvalidArgument, NotFound
+from vidtune.platform.storage import S3Config, Storage, join, require_object_uris, split_uri, validate_key
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", "a/./b", "a\\b", "a\x00b", ""])
+def test_bad_keys_are_refused_with_the_key_named(key):
+    with pytest.raises(InvalidArgument) as e:
+        validate_key(key)
+    assert repr(key) in str(e.value) or "empty" in str(e.value)
+
+
+def test_keys_must_stay_under_the_allowed_prefix():
+    assert validate_key("team-a/clips/x.mp4", "team-a/") == "team-a/clips/x.mp4"
+    with pytest.raises(InvalidArgument, match="outside the allowed prefix"):
+        validate_key("team-b/x.mp4", "team-a/")
+
+
+def test_split_uri_and_bucket_names():
+    assert split_uri("s3://media/a/b.mp4") == ("media", "a/b.mp4")
+    assert split_uri("s3://media") == ("media", "")
+    for bad in ("s3://x/a", "s3://UPPER/a", "s3:///a", "http://host/a"):
+        with pytest.raises(InvalidArgument):
+            split_uri(bad)
+
+
+def test_join_keeps_one_slash():
+    assert join("s3://b/p/", "/x", "y.mp4") == "s3://b/p/x/y.mp4"
+    assert join("/tmp/a", "", "b") == "/tmp/a/b"
+
+
+def test_config_from_env_and_secret_dir(tmp_path):
+    (tmp_path / "access-key").write_text("AK\n")
+    (tmp_path / "secret-key").write_text("SK\n")
+    cfg = S3Config.from_env({"VIDTUNE_S3_ENDPOINT": "https://minio.example:9000", "VIDTUNE_S3_SECRET_DIR": str(tmp_path)})
+    assert (cfg.endpoint, cfg.secure, cfg.access_key, cfg.secret_key) == ("minio.example:9000", True, "AK", "SK")
+    cfg = S3Config.from_env({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    assert (cfg.endpoint, cfg.secure, cfg.access_key) == ("127.0.0.1:8333", False, "a")
+
+
+def test_object_store_roundtrip_list_and_missing(storage, bucket, tmp_path):
+    storage.write_text(join(bucket, "a/캡션.txt"), "안녕하세요")
+    src = tmp_path / "clip.bin"
+    src.write_bytes(b"\x00" * 70_000)
+    storage.upload(src, join(bucket, "a/b/clip.bin"))
+    assert storage.read_text(join(bucket, "a/캡션.txt")) == "안녕하세요"
+    assert storage.size(join(bucket, "a/b/clip.bin")) == 70_000
+    assert list(storage.list(join(bucket, "a/"))) == [join(bucket, "a/b/clip.bin"), join(bucket, "a/캡션.txt")]
+    assert not storage.exists(join(bucket, "nope"))
+    with pytest.raises(NotFound, match="nope"):
+        storage.read_bytes(join(bucket, "nope"))
+    with storage.local_copy(join(bucket, "a/b/clip.bin")) as p:
+        assert p.read_bytes() == src.read_bytes()
+
+
+def test_wrong_credentials_are_refused(object_store, bucket, storage):
+    storage.write_text(join(bucket, "k"), "v")
+    intruder = Storage(S3Config(endpoint=object_store.endpoint, access_key=object_store.access_key, secret_key="wrong"))
+    with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied"):
+        intruder.read_bytes(join(bucket, "k"))
+
+
+def test_local_paths_behave_like_objects(tmp_path):
+    st = Storage()
+    st.write_text(str(tmp_path / "d/x.txt"), "1")
+    assert list(st.list(str(tmp_path / "d"))) == [str(tmp_path / "d/x.txt")]
+    with st.staged_output(str(tmp_path / "out/y.bin")) as p:
+        p.write_bytes(b"abc")
+        assert not (tmp_path / "out/y.bin").exists()  # published only on a clean exit
+    assert (tmp_path / "out/y.bin").read_bytes() == b"abc"
+
+
+def test_services_refuse_local_paths_unless_allowed(monkeypatch):
+    monkeypatch.delenv("VIDTUNE_ALLOW_LOCAL_PATHS", raising=False)
+    with pytest.raises(InvalidArgument, match="inputs: '/etc/passwd' is not an s3:// URI"):
+        require_object_uris(["s3://b/x", "/etc/passwd"], "inputs")
+    monkeypatch.setenv("VIDTUNE_ALLOW_LOCAL_PATHS", "1")
+    require_object_uris(["/data/x"], "inputs")
