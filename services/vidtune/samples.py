@@ -32,10 +32,17 @@ _DETAILS = ["화면은 고정된 카메라로 촬영되었으며 자연광이 �
             "영상 후반부에는 장면이 조금 더 가까이 확대되어 세부 모습이 드러난다."]
 
 
+def _object_particle(word: str) -> str:
+    """을 after a closed final syllable, 를 after an open one."""
+    last = word[-1]
+    closed = "가" <= last <= "힣" and (ord(last) - 0xAC00) % 28 != 0
+    return "을" if closed else "를"
+
+
 def korean_caption(category: str, rng: random.Random, sentences: int = 4) -> str:
     subject = rng.choice(_SUBJECTS[category])
     body = " ".join(rng.sample(_DETAILS, k=min(sentences, len(_DETAILS))))
-    return f"{subject}을 담은 영상이다. {body} 이 자료는 {CATEGORIES[category]} 분류의 기록물로 보관되어 있다."
+    return f"{subject}{_object_particle(subject)} 담은 영상이다. {body} 이 자료는 {CATEGORIES[category]} 분류의 기록물로 보관되어 있다."
 
 
 def ffmpeg_run(args: list[str], timeout: float = 120) -> None:
@@ -87,15 +94,18 @@ def make_archive(root: Path, seed: int = 7, scale: float = 1.0) -> list[SampleIt
     """
     rng = random.Random(seed)
     root = Path(root)
+    # Different test sources and flips, so only the intended copy reads as a near duplicate.
     plan = [  # (category, kind, width, height, seconds, options)
-        ("nature", "video", 1920, 1080, 8, {}), ("nature", "video", 1920, 1080, 12, {}),
-        ("history", "video", 720, 512, 10, {}), ("culture", "video", 1280, 720, 7, {}),
-        ("architecture", "video", 1080, 1920, 6, {}),                 # portrait
-        ("festival", "video", 1920, 1080, 9, {"fps": 25}),
-        ("intangible", "video", 1280, 720, 6, {"pix_fmt": "yuv420p10le"}),  # 10-bit
-        ("tangible", "video", 721, 405, 6, {}),                        # odd size
-        ("incident", "video", 1280, 720, 3, {}),                       # too short for the default rules
-        ("culture", "video", 1280, 720, 6, {"source": "color=c=gray"}),  # a still clip
+        ("nature", "video", 1920, 1080, 6, {}), ("nature", "video", 1920, 1080, 8, {"source": "mandelbrot"}),
+        ("history", "video", 720, 512, 7, {"source": "life=mold=10:ratio=0.5:death_color=#202020:life_color=#e0e0e0"}),
+        ("culture", "video", 1280, 720, 6, {"source": "testsrc"}),
+        ("architecture", "video", 1080, 1920, 5.5, {"source": "cellauto=rule=110"}),  # portrait
+        ("festival", "video", 1920, 1080, 6, {"fps": 25, "source": "cellauto=rule=30"}),
+        ("intangible", "video", 1280, 720, 5.5, {"pix_fmt": "yuv420p10le",
+                                                     "source": "mandelbrot=start_x=-0.4:start_y=0.6"}),  # 10-bit
+        ("tangible", "video", 721, 405, 5.5, {"source": "sierpinski", "pix_fmt": "yuv444p"}),  # odd size, 4:4:4
+        ("incident", "video", 1280, 720, 3, {"source": "testsrc", "extra": ["-vf", "hflip"]}),  # too short
+        ("culture", "video", 1280, 720, 5.5, {"source": "color=c=gray"}),             # a still clip
         ("nature", "image", 1920, 1080, 0, {}), ("tangible", "image", 1024, 1365, 0, {}),
         ("architecture", "image", 640, 480, 0, {}),
     ]
@@ -111,6 +121,12 @@ def make_archive(root: Path, seed: int = 7, scale: float = 1.0) -> list[SampleIt
             make_image(root / rel, w, h, seed=i)
         items.append(SampleItem(item_id, rel, CATEGORIES[cat], kind, w, h, float(secs),
                                 korean_caption(cat, rng, sentences=2 + i % 4)))
+    # A smaller re-encode of the first clip: the near duplicate a real archive also has.
+    dup = SampleItem("KB00014", "media/nature/KB00014.mp4", CATEGORIES["nature"], "video", 1280, 720,
+                     items[0].duration, korean_caption("nature", rng))
+    ffmpeg_run(["-i", str(root / items[0].file), "-vf", "scale=1280:720", "-c:v", "libx264", "-preset", "ultrafast",
+                "-crf", "30", str(root / dup.file)])
+    items.append(dup)
     # Damaged files: what a real archive always has a few of.
     bad = root / "media/incident"
     bad.mkdir(parents=True, exist_ok=True)
