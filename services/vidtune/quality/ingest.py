@@ -1,0 +1,314 @@
+"""Read an archive listing (JSON label directory, CSV or JSONL) into a manifest table.
+
+Ingest never stops on a bad row: a row that cannot be read cleanly keeps whatever could be read plus an
+`ingest_error` naming the reason, and the filter step rejects it with that reason. So every input row is
+accounted for (rows in == clean + rejected).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pyarrow as pa
+import yaml
+
+from vidtune.platform.errors import InvalidArgument, NotFound
+from vidtune.platform.storage import Storage, basename, is_s3
+
+from .manifest import CORE_SCHEMA, resolve_media
+
+# Upper bound on a stored caption: a caption larger than this is an input defect, not a description.
+MAX_CAPTION_CHARS = 100_000
+VIDEO_EXT = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mxf", ".wmv", ".flv"}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+# Manifest field -> source field (dotted paths reach into nested objects). Several candidates: first found.
+DEFAULT_MAPPING: dict[str, list[str]] = {
+    "id": ["id", "clip_id", "video_id", "sample_id"],
+    "media": ["file_path", "media", "video", "path", "media_path", "file"],
+    "caption": ["caption", "prompt", "text", "description"],
+    "category": ["category", "class", "label"],
+    "media_type": ["media_type", "type"],
+    "width": ["width", "resolution.width"],
+    "height": ["height", "resolution.height"],
+    "duration": ["duration", "duration_sec", "length"],
+}
+REQUIRED = ("media", "caption")
+
+
+@dataclass
+class IngestResult:
+    table: pa.Table
+    source_digest: str           # hash of everything read: the same input gives the same manifest version
+    root: str = ""               # the dataset root the media paths were checked against
+    files: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def load_mapping(uri: str | None, storage: Storage) -> dict[str, list[str]]:
+    """A mapping file (YAML or JSON: {manifest_field: source_field or [candidates]}) over the defaults."""
+    mapping = {k: list(v) for k, v in DEFAULT_MAPPING.items()}
+    if not uri:
+        return mapping
+    try:
+        loaded = yaml.safe_load(storage.read_text(uri)) or {}
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"mapping file {uri}: not valid YAML/JSON: {e}") from None
+    if not isinstance(loaded, dict):
+        raise InvalidArgument(f"mapping file {uri}: expected a mapping of manifest field -> source field")
+    for k, v in loaded.items():
+        if k not in mapping:
+            raise InvalidArgument(f"mapping file {uri}: unknown manifest field {k!r}; known: {sorted(mapping)}")
+        mapping[k] = [v] if isinstance(v, str) else list(v)
+    return mapping
+
+
+def default_root(source: str) -> str:
+    """The folder that holds `source` (a listing file or a label directory)."""
+    if is_s3(source):
+        parent = source.rstrip("/").rsplit("/", 1)[0]
+        return parent if parent != "s3:/" else source.rstrip("/")
+    return os.path.dirname(os.path.abspath(source.rstrip("/")))
+
+
+def detect_format(source: str, storage: Storage) -> str:
+    low = source.lower().rstrip("/")
+    if low.endswith(".csv"):
+        return "csv"
+    if low.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if low.endswith(".json"):
+        return "json"
+    if source.endswith("/") or not os.path.splitext(low)[1] or (not is_s3(source) and os.path.isdir(source)):
+        return "jsondir"
+    raise InvalidArgument(f"cannot tell the format of {source!r}: use .csv, .jsonl, .json or a directory")
+
+
+def ingest(source: str, root: str | None = None, mapping: str | None = None, fmt: str = "auto",
+           storage: Storage | None = None, progress: Callable[[int, int, str], None] | None = None,
+           workers: int = 8) -> IngestResult:
+    """Read `source` into a manifest table; media paths are checked against the dataset `root`.
+
+    `root` defaults to the folder holding the listing file, or holding the label directory (archives keep
+    `labels/` beside `media/`, and label paths name media from the archive root).
+    """
+    storage = storage or Storage()
+    fmt = detect_format(source, storage) if fmt == "auto" else fmt
+    root = root or default_root(source)
+    fields = load_mapping(mapping, storage)
+    digest = hashlib.sha256()
+    raw: list[tuple[str, dict | None, str | None]] = []  # (source, record, error)
+    n_files = 0
+    if fmt == "jsondir":
+        files = [u for u in storage.list(source.rstrip("/") + ("/" if is_s3(source) else ""))
+                 if u.lower().endswith(".json")]
+        if not files:
+            raise NotFound(f"no .json label files below {source}")
+        n_files = len(files)
+        with ThreadPoolExecutor(max(1, workers if is_s3(source) else 1)) as pool:
+            base = source.rstrip("/") + "/"
+            for i, (uri, data) in enumerate(zip(files, pool.map(lambda u: _read(storage, u), files))):
+                name = uri[len(base):] if uri.startswith(base) else basename(uri)  # path below the label dir
+                digest.update(name.encode() + b"\0" + data)
+                raw.extend(_parse_json_doc(data, name))
+                if progress and (i % 1000 == 0 or i + 1 == len(files)):
+                    progress(i + 1, len(files), "reading label files")
+    else:
+        data = storage.read_bytes(source)
+        digest.update(data)
+        n_files = 1
+        name = basename(source)
+        raw = list(_parse_csv(data, name) if fmt == "csv" else
+                   _parse_jsonl(data, name) if fmt == "jsonl" else _parse_json_doc(data, name))
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    table = _build_table(raw, fields, root)
+    errors: dict[str, int] = {}
+    for e in table.column("ingest_error").to_pylist():
+        if e:
+            key = e.split(":", 1)[0]
+            errors[key] = errors.get(key, 0) + 1
+    return IngestResult(table, digest.hexdigest()[:16], root, n_files, errors)
+
+
+def _read(storage: Storage, uri: str) -> bytes:
+    return storage.read_bytes(uri)
+
+
+def _decode(data: bytes) -> tuple[str | None, str | None]:
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8: byte {e.start}: {e.reason}"
+
+
+def _parse_json_doc(data: bytes, name: str) -> Iterable[tuple[str, dict | None, str | None]]:
+    text, err = _decode(data)
+    if err:
+        return [(name, None, err)]
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        return [(name, None, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}")]
+    if isinstance(doc, dict):
+        return [(name, doc, None)]
+    if isinstance(doc, list):
+        return [(f"{name}#{i}", d, None) if isinstance(d, dict) else
+                (f"{name}#{i}", None, f"malformed JSON: element {i} is {type(d).__name__}, not an object")
+                for i, d in enumerate(doc)]
+    return [(name, None, f"malformed JSON: top level is {type(doc).__name__}, not an object")]
+
+
+def _parse_jsonl(data: bytes, name: str) -> Iterable[tuple[str, dict | None, str | None]]:
+    for i, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        src = f"{name}:{i}"
+        text, err = _decode(line)
+        if err:
+            yield src, None, err
+            continue
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield src, None, f"malformed JSON: {e.msg} at column {e.colno}"
+            continue
+        if not isinstance(doc, dict):
+            yield src, None, f"malformed JSON: line is {type(doc).__name__}, not an object"
+            continue
+        yield src, doc, None
+
+
+def _parse_csv(data: bytes, name: str) -> Iterable[tuple[str, dict | None, str | None]]:
+    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row does not hide the rest.
+    text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        return
+    for rec in reader:
+        src = f"{name}:{reader.line_num}"
+        if None in rec:  # more cells than headers
+            extra = rec.pop(None)
+            rec["_extra_cells"] = extra
+        bad = [k for k, v in rec.items() if isinstance(v, str) and _has_surrogate(v)]
+        if bad:
+            yield src, None, f"invalid UTF-8: in column {bad[0]}"
+            continue
+        yield src, {k: v for k, v in rec.items() if v is not None}, None
+
+
+def _has_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _lookup(doc: dict, path: str):
+    cur = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None, False
+        cur = cur[part]
+    return cur, True
+
+
+def _number(v) -> float | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number") from None
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ValueError(f"{v!r} is not a finite number")
+    return f
+
+
+def media_type_of(path: str) -> str:
+    ext = os.path.splitext(path.lower())[1]
+    return "image" if ext in IMAGE_EXT else "video"
+
+
+def _build_table(raw: list[tuple[str, dict | None, str | None]], fields: dict[str, list[str]],
+                 root: str) -> pa.Table:
+    cols: dict[str, list] = {f.name: [] for f in CORE_SCHEMA}
+    seen: dict[str, str] = {}
+    for src, doc, err in raw:
+        row = {"id": None, "media": None, "caption": None, "category": None, "media_type": None,
+               "width": None, "height": None, "duration": None, "source": src, "ingest_error": err,
+               "extra": None}
+        errors = [err] if err else []
+        if doc is not None:
+            used: set[str] = set()
+            for key, candidates in fields.items():
+                for cand in candidates:
+                    v, found = _lookup(doc, cand)
+                    if found:
+                        used.add(cand.split(".")[0])
+                        if v is not None:
+                            row[key] = v
+                            break
+            for key in REQUIRED:
+                if row[key] is None or row[key] == "":
+                    errors.append(f"missing field: {key} (looked for {', '.join(fields[key])})")
+            for key in ("width", "height", "duration"):
+                try:
+                    row[key] = _number(row[key])
+                except ValueError as e:
+                    errors.append(f"bad field: {key} {e}")
+                    row[key] = None
+            for key in ("id", "media", "category", "media_type"):
+                if row[key] is not None and not isinstance(row[key], str):
+                    row[key] = str(row[key]) if isinstance(row[key], (int, float)) else json.dumps(
+                        row[key], ensure_ascii=False)
+            cap = row["caption"]
+            if cap is not None and not isinstance(cap, str):
+                errors.append(f"bad field: caption is {type(cap).__name__}, not text")
+                cap = row["caption"] = None
+            if isinstance(cap, str):
+                if "\x00" in cap:
+                    errors.append("NUL byte: caption contains a NUL character")
+                    row["caption"] = cap = cap.replace("\x00", "")
+                if len(cap) > MAX_CAPTION_CHARS:
+                    errors.append(f"caption too large: {len(cap):,} characters, over the ingest limit of "
+                                  f"{MAX_CAPTION_CHARS:,}")
+                    row["caption"] = cap[:MAX_CAPTION_CHARS]
+            extra = {k: v for k, v in doc.items() if k not in used}
+            row["extra"] = json.dumps(extra, ensure_ascii=False, default=str) if extra else None
+            media = row["media"]
+            if isinstance(media, str) and media:
+                try:
+                    resolve_media(root, media)
+                except InvalidArgument as e:
+                    errors.append(f"bad path: {e}")
+                mt = (row["media_type"] or "").strip().lower()
+                if mt in ("", "mp4", "movie", "clip"):
+                    mt = media_type_of(media) if not mt else "video"
+                elif mt in ("img", "photo", "picture", "jpg", "png"):
+                    mt = "image"
+                row["media_type"] = mt
+                if mt not in ("video", "image"):
+                    errors.append(f"bad field: media_type {mt!r} (expected video or image)")
+        if row["id"] is None:
+            row["id"] = row["media"] if isinstance(row["media"], str) and row["media"] else src
+        if "\x00" in row["id"]:
+            row["id"] = row["id"].replace("\x00", "")
+            errors.append("NUL byte: id contains a NUL character")
+        if row["id"] in seen:
+            errors.append(f"duplicate id: {row['id']!r} already read from {seen[row['id']]}")
+            row["id"] = f"{row['id']}@{src}"  # keep ids unique so the row can still be reported
+        else:
+            seen[row["id"]] = src
+        row["ingest_error"] = "; ".join(errors) if errors else None
+        for k in cols:
+            cols[k].append(row[k])
+    return pa.Table.from_pydict(cols, schema=CORE_SCHEMA)

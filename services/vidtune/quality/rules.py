@@ -1,0 +1,358 @@
+"""Filter rules: named, configured in YAML, evaluated column-wise over the whole manifest.
+
+Each rule yields a boolean "fails" mask and a reason per failing row ("<rule>: <detail>"). A row is
+clean when no rule fails it; rejected rows keep every reason. Rules read stored columns only (metadata,
+caption features, probe scores), so thresholds can be re-tuned on a probed manifest without probing again.
+
+Rule types:
+  ingest       rows whose ingest recorded an error (always applied, even when not listed)
+  probe_ok     the media file exists and decodes (skipped for rows never probed unless require_probe)
+  range        `field` within [min, max]; `media_types` limits it; rows missing the field pass
+               unless `missing: reject`
+  duplicate    equal `field` values (sha256): the first row in manifest order is kept
+  near_duplicate  perceptual hashes within `max_distance` bits: the first row of each cluster is kept
+
+A range rule's field is any numeric column: width, height, duration, fps (probed values win over label
+values), short_side, aspect_ratio (long/short side), the caption features (features.FEATURE_COLUMNS) and
+the probe scores (blur, motion, black_ratio, frozen_ratio, scene_cuts, file_size, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.storage import Storage
+
+from .features import FEATURE_COLUMNS, caption_features
+
+DEFAULT_RULES_YAML = """\
+# vidtune quality filter rules. Every rule has a unique name; `enabled: false` switches one off.
+rules:
+  - {name: ingest_errors, type: ingest}
+  - {name: media_readable, type: probe_ok}
+  - {name: caption_length, type: range, field: caption_chars, min: 50, max: 1500}
+  - {name: video_duration, type: range, field: duration, min: 5, max: 45, media_types: [video]}
+  - {name: caption_char_run, type: range, field: max_char_run, max: 10}
+  - {name: caption_repeated_ngrams, type: range, field: ngram_repeat_ratio, max: 0.5}
+  - {name: special_characters, type: range, field: special_ratio, max: 0.1}
+  - {name: hangul_ratio, type: range, field: hangul_ratio, min: 0.5}
+  - {name: min_resolution, type: range, field: short_side, min: 240}
+  - {name: aspect_ratio, type: range, field: aspect_ratio, max: 2.4}
+  - {name: fps_range, type: range, field: fps, min: 10, max: 120, media_types: [video]}
+  - {name: exact_duplicate, type: duplicate, field: sha256}
+  - {name: near_duplicate, type: near_duplicate, field: phash, max_distance: 8}
+  - {name: blur, type: range, field: blur, min: 15}
+  - {name: still_clip, type: range, field: motion, min: 0.05, media_types: [video]}
+  - {name: black_frames, type: range, field: black_ratio, max: 0.5, media_types: [video]}
+  - {name: frozen_frames, type: range, field: frozen_ratio, max: 0.8, media_types: [video]}
+  - {name: scene_cuts, type: range, field: scene_cuts, max: 30, media_types: [video]}
+"""
+RULE_TYPES = ("ingest", "probe_ok", "range", "duplicate", "near_duplicate")
+
+
+@dataclass
+class Rule:
+    name: str
+    type: str
+    field: str = ""
+    min: float | None = None
+    max: float | None = None
+    media_types: list[str] | None = None
+    missing: str = "pass"          # range: what a row without the field gets (pass | reject)
+    max_distance: int = 8          # near_duplicate
+    require_probe: bool = False    # probe_ok
+    enabled: bool = True
+
+    def describe(self) -> str:
+        if self.type == "range":
+            lim = " and ".join(s for s in (f">= {self.min:g}" if self.min is not None else "",
+                                           f"<= {self.max:g}" if self.max is not None else "") if s)
+            scope = f" ({', '.join(self.media_types)})" if self.media_types else ""
+            return f"{self.field} {lim}{scope}"
+        if self.type == "near_duplicate":
+            return f"{self.field} hamming distance > {self.max_distance} (same type, aspect and length)"
+        if self.type == "duplicate":
+            return f"unique {self.field}"
+        return {"ingest": "row read cleanly", "probe_ok": "media exists and decodes"}[self.type]
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"rules": [{k: v for k, v in r.__dict__.items() if v is not None} for r in self.rules]}
+
+
+def parse_rules(text: str, origin: str = "rules") -> RuleSet:
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"{origin}: not valid YAML: {e}") from None
+    items = doc.get("rules") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise InvalidArgument(f"{origin}: expected `rules:` with a list of rules")
+    rules, names = [], set()
+    known = set(Rule.__dataclass_fields__)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item or "type" not in item:
+            raise InvalidArgument(f"{origin}: rule #{i + 1} needs a name and a type")
+        if not isinstance(item["name"], str) or not item["name"]:
+            raise InvalidArgument(f"{origin}: rule #{i + 1} name {item['name']!r} must be text "
+                                  "(quote names such as 'off' or 'no' that YAML reads as booleans)")
+        unknown = set(item) - known
+        if unknown:
+            raise InvalidArgument(f"{origin}: rule {item['name']!r} has unknown keys {sorted(unknown)}")
+        rule = Rule(**item)
+        if rule.type not in RULE_TYPES:
+            raise InvalidArgument(f"{origin}: rule {rule.name!r} has unknown type {rule.type!r}; "
+                                  f"known: {RULE_TYPES}")
+        if rule.name in names:
+            raise InvalidArgument(f"{origin}: rule name {rule.name!r} is used twice")
+        if rule.type in ("range", "duplicate", "near_duplicate") and not rule.field:
+            raise InvalidArgument(f"{origin}: rule {rule.name!r} needs a field")
+        if rule.type == "range" and rule.min is None and rule.max is None:
+            raise InvalidArgument(f"{origin}: range rule {rule.name!r} needs min and/or max")
+        names.add(rule.name)
+        rules.append(rule)
+    if not any(r.type == "ingest" for r in rules):  # a row that could not be read never passes
+        rules.insert(0, Rule(name="ingest_errors", type="ingest"))
+    return RuleSet(rules)
+
+
+def default_rules() -> RuleSet:
+    return parse_rules(DEFAULT_RULES_YAML, "default rules")
+
+
+def load_rules(uri: str | None, storage: Storage | None = None,
+               overrides: dict[str, dict] | None = None) -> RuleSet:
+    """Rules from a YAML file/URI (or the defaults), with optional per-rule overrides {name: {key: value}}."""
+    rs = parse_rules((storage or Storage()).read_text(uri), uri) if uri else default_rules()
+    for name, changes in (overrides or {}).items():
+        match = [r for r in rs.rules if r.name == name]
+        if not match:
+            raise InvalidArgument(f"override for unknown rule {name!r}")
+        for k, v in changes.items():
+            if k not in Rule.__dataclass_fields__:
+                raise InvalidArgument(f"override for rule {name!r}: unknown key {k!r}")
+            setattr(match[0], k, v)
+    return rs
+
+
+def _np(table: pa.Table, name: str, dtype=float) -> np.ndarray:
+    col = table.column(name)
+    if dtype is float:
+        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(float)  # nulls -> nan
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def effective_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """Numeric columns rules can name: probe values win over label values; caption features added."""
+    n = table.num_rows
+    cols: dict[str, np.ndarray] = {}
+    for name in ("width", "height", "duration", "fps"):
+        label = _np(table, name) if name in table.column_names else np.full(n, np.nan)
+        probe = _np(table, f"probe_{name}") if f"probe_{name}" in table.column_names else np.full(n, np.nan)
+        cols[name] = np.where(np.isnan(probe), label, probe)
+    w, h = cols["width"], cols["height"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cols["short_side"] = np.where(np.isnan(w) | np.isnan(h), np.nan, np.minimum(w, h))
+        cols["aspect_ratio"] = np.where(cols["short_side"] > 0, np.maximum(w, h) / cols["short_side"], np.nan)
+    if all(c in table.column_names for c in FEATURE_COLUMNS):
+        for c in FEATURE_COLUMNS:
+            cols[c] = _np(table, c)
+    else:
+        cols.update({k: v.astype(float) for k, v in caption_features(table).items()})
+    return cols
+
+
+@dataclass
+class FilterResult:
+    clean: pa.Table
+    rejected: pa.Table
+    report: dict
+
+
+def _fmt(v: float) -> str:
+    if v != v:
+        return "missing"
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
+
+
+def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
+    """Split `table` into clean and rejected rows; every rejected row lists every rule it failed."""
+    n = table.num_rows
+    cols = effective_columns(table)
+    media_type = pc.fill_null(table.column("media_type"), "").to_numpy(zero_copy_only=False).astype(str) \
+        if "media_type" in table.column_names else np.full(n, "", dtype=object)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    counts: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    ids = table.column("id").to_pylist()
+
+    def add(rule: Rule, mask: np.ndarray, detail) -> None:
+        idx = np.flatnonzero(mask)
+        counts[rule.name] = int(idx.size)
+        for i in idx:
+            reasons[i].append(f"{rule.name}: {detail(i)}")
+
+    for rule in rules.rules:
+        if not rule.enabled:
+            skipped[rule.name] = "disabled"
+            continue
+        if rule.type == "ingest":
+            errs = table.column("ingest_error").to_pylist()
+            mask = np.array([e is not None for e in errs], dtype=bool)
+            add(rule, mask, lambda i: errs[i])
+        elif rule.type == "probe_ok":
+            if "decodable" not in table.column_names:
+                if rule.require_probe:
+                    add(rule, np.ones(n, bool), lambda i: "not probed")
+                else:
+                    skipped[rule.name] = "manifest not probed"
+                continue
+            probed = pc.is_valid(table.column("decodable")).to_numpy(zero_copy_only=False)
+            dec = pc.fill_null(table.column("decodable"), True).to_numpy(zero_copy_only=False)
+            err = table.column("probe_error").to_pylist()
+            mask = ~dec | (~probed if rule.require_probe else np.zeros(n, bool))
+            add(rule, mask, lambda i: err[i] or "not probed")
+        elif rule.type == "range":
+            if rule.field in cols:
+                values = cols[rule.field]
+            elif rule.field in table.column_names:
+                values = _np(table, rule.field)
+            else:
+                if rule.missing == "reject":
+                    add(rule, np.ones(n, bool), lambda i: f"{rule.field} missing")
+                else:
+                    skipped[rule.name] = f"no column {rule.field!r}"
+                continue
+            scope = np.isin(media_type, rule.media_types) if rule.media_types else np.ones(n, bool)
+            missing = np.isnan(values)
+            low = values < rule.min if rule.min is not None else np.zeros(n, bool)
+            high = values > rule.max if rule.max is not None else np.zeros(n, bool)
+            mask = scope & ((low | high) | (missing & (rule.missing == "reject")))
+
+            def detail(i, v=values, r=rule):
+                x = v[i]
+                if x != x:
+                    return f"{r.field} missing"
+                if r.min is not None and x < r.min:
+                    return f"{r.field} {_fmt(x)} < min {r.min:g}"
+                return f"{r.field} {_fmt(x)} > max {r.max:g}"
+
+            add(rule, mask, detail)
+        elif rule.type == "duplicate":
+            if rule.field not in table.column_names:
+                skipped[rule.name] = f"no column {rule.field!r}"
+                continue
+            vals = table.column(rule.field).to_pylist()
+            first: dict = {}
+            dup = np.zeros(n, bool)
+            of: dict[int, str] = {}
+            for i, v in enumerate(vals):
+                if v is None or v == "":
+                    continue
+                if v in first:
+                    dup[i] = True
+                    of[i] = ids[first[v]]
+                else:
+                    first[v] = i
+            add(rule, dup, lambda i: f"same {rule.field} as {of[i]}")
+        elif rule.type == "near_duplicate":
+            if rule.field not in table.column_names:
+                skipped[rule.name] = f"no column {rule.field!r}"
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                aspect = np.where(cols["height"] > 0, cols["width"] / cols["height"], np.nan)  # keeps orientation
+            dur = cols["duration"]
+
+            def compatible(i: int, j: int) -> bool:
+                # A re-encode keeps media type, shape and length; the hash alone confuses e.g. two
+                # shots of one static set.
+                if media_type[i] != media_type[j]:
+                    return False
+                if not (np.isnan(aspect[i]) or np.isnan(aspect[j])) and abs(aspect[i] - aspect[j]) > 0.1 * aspect[j]:
+                    return False
+                if not (np.isnan(dur[i]) or np.isnan(dur[j])) and abs(dur[i] - dur[j]) > max(0.5, 0.05 * dur[j]):
+                    return False
+                return True
+
+            dup_of = near_duplicates(table.column(rule.field).to_pylist(), rule.max_distance, compatible)
+            mask = np.array([d is not None for d in dup_of], dtype=bool)
+            add(rule, mask, lambda i: f"within {dup_of[i][1]} bits of {ids[dup_of[i][0]]}")
+    rejected_mask = np.array([bool(r) for r in reasons], dtype=bool)
+    clean = table.filter(pa.array(~rejected_mask))
+    rejected = table.filter(pa.array(rejected_mask)).append_column(
+        "reasons", pa.array([r for r in reasons if r], type=pa.list_(pa.string())))
+    only: dict[str, int] = {}
+    for r in reasons:
+        if len(r) == 1:
+            name = r[0].split(":", 1)[0]
+            only[name] = only.get(name, 0) + 1
+    report = {
+        "rows_in": n, "clean": clean.num_rows, "rejected": rejected.num_rows,
+        "rules": [{"name": r.name, "type": r.type, "check": r.describe(), "enabled": r.enabled,
+                   "rejected": counts.get(r.name, 0), "only_reason": only.get(r.name, 0),
+                   "skipped": skipped.get(r.name)} for r in rules.rules],
+    }
+    assert report["rows_in"] == report["clean"] + report["rejected"]
+    return FilterResult(clean, rejected, report)
+
+
+def near_duplicates(hashes: list[str | None], max_distance: int,
+                    compatible: Callable[[int, int], bool] | None = None) -> list[tuple[int, int] | None]:
+    """For each row, (index of the earlier row it nearly duplicates, distance) or None.
+
+    Hex hashes of equal length are compared by Hamming distance. Candidates come from banding: split each
+    hash into max_distance + 1 bands; two hashes within max_distance bits agree exactly on at least one
+    band (pigeonhole), so only rows sharing a band value are compared. `compatible(i, j)` can veto a pair.
+    """
+    n = len(hashes)
+    out: list[tuple[int, int] | None] = [None] * n
+    valid = [(i, int(h, 16), len(h) * 4) for i, h in enumerate(hashes) if h]
+    if not valid:
+        return out
+    bits = max(b for _, _, b in valid)
+    bands = max(1, min(max_distance + 1, bits))
+    width = -(-bits // bands)
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    best: dict[int, tuple[int, int]] = {}
+    for b in range(bands):
+        buckets: dict[int, list[tuple[int, int]]] = {}
+        mask = (1 << width) - 1
+        for i, v, _ in valid:
+            buckets.setdefault((v >> (b * width)) & mask, []).append((i, v))
+        for members in buckets.values():
+            if len(members) < 2:
+                continue
+            for a in range(len(members)):
+                ia, va = members[a]
+                for c in range(a + 1, len(members)):
+                    ic, vc = members[c]
+                    d = (va ^ vc).bit_count()
+                    if d <= max_distance and (compatible is None or compatible(ia, ic)):
+                        ra, rc = find(ia), find(ic)
+                        if ra != rc:
+                            parent[max(ra, rc)] = min(ra, rc)  # the earliest row leads the cluster
+                        later = max(ia, ic)
+                        if later not in best or d < best[later][1]:
+                            best[later] = (min(ia, ic), d)
+    for i in range(n):
+        root = find(i)
+        if root != i and hashes[i]:
+            out[i] = (root, best[i][1] if i in best else 0)
+    return out

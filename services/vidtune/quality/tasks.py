@@ -1,0 +1,140 @@
+"""Quality job kinds: map a submitted spec onto the pipeline steps.
+
+Every step is idempotent: manifest versions are content-addressed (an existing version is returned, not
+rewritten), probe results are cached per item and exported media already in place are skipped, so a
+killed and resumed job neither loses nor repeats work.
+"""
+from __future__ import annotations
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.jobs import JobContext
+from vidtune.platform.storage import join
+
+from . import pipeline
+from .ingest import default_root
+from .manifest import ManifestStore
+from .probe import ProbeSettings
+from .stats import CONTENT_SAMPLE
+
+DEFAULT_WORKERS = 2
+
+
+def spec_errors(kind: str, spec: dict) -> list[str]:
+    """What is wrong with a spec before it is queued (also used by the gRPC layer)."""
+    need = {"quality.ingest": ("source",), "quality.probe": ("store", "version"),
+            "quality.filter": ("store", "version"), "quality.stats": ("store", "version", "output"),
+            "quality.split": ("store", "version"), "quality.subset": ("store", "version", "size"),
+            "quality.export": ("store", "version", "output"), "quality.run": ("source", "output")}[kind]
+    errors = [f"{n}: required" for n in need if not spec.get(n)]
+    if kind == "quality.split" and not 0 <= float(spec.get("val_ratio") or 0) < 1:
+        errors.append("val_ratio: must be in [0, 1)")
+    if kind == "quality.subset" and int(spec.get("size") or 0) < 0:
+        errors.append("size: must be positive")
+    return errors
+
+
+def _check(kind: str, spec: dict) -> None:
+    errors = spec_errors(kind, spec)
+    if errors:
+        raise InvalidArgument("; ".join(errors))
+
+
+def _store(ctx: JobContext) -> ManifestStore:
+    return ManifestStore(ctx.spec["store"], ctx.storage)
+
+
+def quality_ingest(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.ingest", spec)
+    root = spec.get("root") or None
+    store = ManifestStore(spec.get("store") or join(root or default_root(spec["source"]), "manifests"), ctx.storage)
+    v = pipeline.step_ingest(store, spec["source"], root, spec.get("mapping") or None, spec.get("format") or "auto",
+                             progress=ctx.progress)
+    return {"store": store.root, "version": v.id, "manifest": v.uri, "rows": v.rows,
+            "ingest_errors": v.record.get("ingest_errors", {})}
+
+
+def quality_probe(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.probe", spec)
+    settings = ProbeSettings(scores=not spec.get("metadata_only"))
+    v, stats = pipeline.step_probe(_store(ctx), spec["version"], settings,
+                                   int(spec.get("workers") or DEFAULT_WORKERS), spec.get("cache") or None,
+                                   str(ctx.scratch), ctx.progress, ctx.cancelled)
+    return {"version": v.id, "manifest": v.uri, "rows": v.rows, "probed": stats.probed, "cached": stats.cached,
+            "undecodable": stats.failed}
+
+
+def quality_filter(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.filter", spec)
+    store = _store(ctx)
+    clean, rejected, report = pipeline.step_filter(store, spec["version"], spec.get("rules") or None,
+                                                   rules_text=spec.get("rules_yaml") or None)
+    out = spec.get("report") or join(store.root, "reports", clean.id)
+    uris = pipeline.filter_report(report, out, ctx.storage)
+    return {"clean_version": clean.id, "rejected_version": rejected.id, "rows_in": report["rows_in"],
+            "clean": report["clean"], "rejected": report["rejected"], "report": uris["json"],
+            "report_html": uris["html"]}
+
+
+def quality_stats(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.stats", spec)
+    uris = pipeline.step_stats(_store(ctx), spec["version"], spec["output"],
+                               content_sample=int(spec.get("content_sample") or CONTENT_SAMPLE))
+    return {"markdown": uris["markdown"], "html": uris["html"], "json": uris["json"]}
+
+
+def quality_split(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.split", spec)
+    v = pipeline.step_split(_store(ctx), spec["version"], float(spec.get("val_ratio") or 0.1),
+                            int(spec.get("seed") or 0), tuple(spec.get("stratify") or ("category", "media_type")))
+    return {"version": v.id, "manifest": v.uri, "rows": v.rows, "splits": v.record.get("splits", {})}
+
+
+def quality_subset(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.subset", spec)
+    proportions = "balanced" if spec.get("balanced") else (dict(spec.get("proportions") or {}) or None)
+    v = pipeline.step_subset(_store(ctx), spec["version"], int(spec["size"]), proportions,
+                             int(spec.get("seed") or 0), spec.get("column") or "category")
+    return {"version": v.id, "manifest": v.uri, "rows": v.rows, "targets": v.record.get("targets", {}),
+            "class_weights": v.record.get("class_weights", {})}
+
+
+def quality_export(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.export", spec)
+    res = pipeline.step_export(_store(ctx), spec["version"], spec["output"], int(spec.get("max_tokens") or 512),
+                               spec.get("tokenizer") or None, not spec.get("manifest_only"),
+                               int(spec.get("workers") or 4), str(ctx.scratch), ctx.progress, ctx.cancelled)
+    return {"output": spec["output"], "metadata": res["metadata.csv"]["metadata"],
+            "rows": sum(v["rows"] for k, v in res.items() if k != "output"),
+            "copied": sum(v["copied"] for k, v in res.items() if k != "output")}
+
+
+def quality_run(ctx: JobContext) -> dict:
+    spec = ctx.spec
+    _check("quality.run", spec)
+    out = spec["output"]
+    ctx.set_result(report=join(out, "report.json"))
+    report = pipeline.run_quality(
+        spec["source"], out, rules=spec.get("rules") or None, root=spec.get("root") or None,
+        mapping=spec.get("mapping") or None, probe=not spec.get("skip_probe"),
+        workers=int(spec.get("workers") or DEFAULT_WORKERS), val_ratio=float(spec.get("val_ratio") or 0.1),
+        seed=int(spec.get("seed") or 0), export=not spec.get("skip_export"),
+        max_tokens=int(spec.get("max_tokens") or 512), storage=ctx.storage, scratch=str(ctx.scratch),
+        progress=ctx.progress, cancelled=ctx.cancelled)
+    return {"rows_in": report["rows_in"], "clean": report["clean"], "rejected": report["rejected"],
+            "clean_manifest": report["outputs"]["clean"], "rejected_manifest": report["outputs"]["rejected"],
+            "stats_html": report["outputs"]["stats"]["html"],
+            "export": (report["export"] or {}).get("output", "")}
+
+
+HANDLERS = {
+    "quality.ingest": quality_ingest, "quality.probe": quality_probe, "quality.filter": quality_filter,
+    "quality.stats": quality_stats, "quality.split": quality_split, "quality.subset": quality_subset,
+    "quality.export": quality_export, "quality.run": quality_run,
+}

@@ -1,0 +1,152 @@
+"""Filter rules: each default rule with a passing and a failing row; YAML parsing; accounting."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.quality.features import caption_features
+from vidtune.quality.manifest import CORE_SCHEMA
+from vidtune.quality.probe import PROBE_SCHEMA
+from vidtune.quality.rules import apply_rules, default_rules, load_rules, near_duplicates, parse_rules
+
+from quality_testlib import caption
+
+GOOD = caption(1)
+
+
+def manifest(*rows: dict, probed: bool = True) -> pa.Table:
+    """A manifest whose rows pass every default rule unless a row overrides a field."""
+    base = {"media": "m.mp4", "caption": GOOD, "category": "자연", "media_type": "video", "width": 1280.0,
+            "height": 720.0, "duration": 10.0, "source": "t", "ingest_error": None, "extra": None}
+    probe = {"media_exists": True, "decodable": True, "probe_error": None, "probe_fps": 25.0, "sha256": None,
+             "phash": None, "blur": 200.0, "motion": 1.0, "black_ratio": 0.0, "frozen_ratio": 0.0, "scene_cuts": 0}
+    full = [{**base, **(probe if probed else {}), "id": f"r{i}", **r} for i, r in enumerate(rows)]
+    fields = list(CORE_SCHEMA) + ([f for f in PROBE_SCHEMA if f.name in probe] if probed else [])
+    return pa.Table.from_pylist(full, schema=pa.schema(fields))
+
+
+CASES = [  # rule, passing row, failing row, text in the failing reason
+    ("caption_length", {"caption": GOOD}, {"caption": "짧은 설명입니다."}, "caption_chars 9 < min 50"),
+    ("caption_length", {}, {"caption": GOOD + " 그리고 " + "바다와 산이 보인다. " * 160}, "> max 1500"),
+    ("video_duration", {"duration": 45.0}, {"duration": 3.0}, "duration 3 < min 5"),
+    ("video_duration", {"media_type": "image", "duration": None}, {"duration": 46.0}, "> max 45"),
+    ("caption_char_run", {"caption": GOOD + " ㅋㅋㅋ"}, {"caption": GOOD + " " + "ㅋ" * 30}, "max_char_run 30"),
+    ("caption_repeated_ngrams", {}, {"caption": "파도가 바위에 부서지는 장면이다. " * 12}, "ngram_repeat_ratio"),
+    ("special_characters", {"caption": GOOD + " (사진)"}, {"caption": GOOD + " ■◆★※#@^*■◆★※#@^*■◆★※#@^*"},
+     "special_ratio"),
+    ("hangul_ratio", {}, {"caption": "A long English caption about a river valley in the autumn light. " * 2},
+     "hangul_ratio 0 < min 0.5"),
+    ("min_resolution", {"width": 426.0, "height": 240.0}, {"width": 320.0, "height": 180.0},
+     "short_side 180 < min 240"),
+    ("aspect_ratio", {"width": 720.0, "height": 1280.0}, {"width": 1280.0, "height": 400.0}, "aspect_ratio 3.2"),
+    ("fps_range", {"probe_fps": 10.0}, {"probe_fps": 5.0}, "fps 5 < min 10"),
+    ("media_readable", {}, {"decodable": False, "probe_error": "undecodable: x.mp4: no frame decodes"},
+     "no frame decodes"),
+    ("blur", {"blur": 15.0}, {"blur": 3.5}, "blur 3.5 < min 15"),
+    ("still_clip", {"motion": 0.06}, {"motion": 0.0}, "motion 0 < min 0.05"),
+    ("black_frames", {"black_ratio": 0.5}, {"black_ratio": 0.9}, "black_ratio 0.9 > max 0.5"),
+    ("frozen_frames", {"frozen_ratio": 0.2}, {"frozen_ratio": 0.95}, "frozen_ratio 0.95 > max 0.8"),
+    ("scene_cuts", {"scene_cuts": 30}, {"scene_cuts": 31}, "scene_cuts 31 > max 30"),
+    ("ingest_errors", {}, {"ingest_error": "malformed JSON: Expecting value"}, "malformed JSON"),
+]
+
+
+@pytest.mark.parametrize("rule,passing,failing,reason", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_each_rule_passes_one_row_and_rejects_the_other(rule, passing, failing, reason):
+    res = apply_rules(manifest(passing, failing), default_rules())
+    assert res.clean.column("id").to_pylist() == ["r0"], res.rejected.to_pylist()
+    reasons = res.rejected.column("reasons").to_pylist()[0]
+    mine = [r for r in reasons if r.startswith(f"{rule}: ")]
+    assert mine and reason in mine[0], reasons
+    counts = {r["name"]: r["rejected"] for r in res.report["rules"]}
+    assert counts[rule] == 1
+
+
+def test_exact_duplicates_keep_the_first_row():
+    res = apply_rules(manifest({"sha256": "aa"}, {"sha256": "bb"}, {"sha256": "aa"}), default_rules())
+    assert res.clean.column("id").to_pylist() == ["r0", "r1"]
+    assert res.rejected.column("reasons").to_pylist() == [["exact_duplicate: same sha256 as r0"]]
+
+
+def test_near_duplicates_need_close_hashes_and_the_same_shape_and_length():
+    h = "f0f0f0f0f0f0f0f0"
+    close = "f0f0f0f0f0f0f0f3"   # 2 bits away
+    far = "0f0f0f0f0f0f0f0f"     # 64 bits away
+    res = apply_rules(manifest({"phash": h}, {"phash": close}, {"phash": far},
+                               {"phash": close, "duration": 30.0},               # another length: not a copy
+                               {"phash": close, "width": 720.0, "height": 1280.0}),  # portrait: not a copy
+                      default_rules())
+    assert res.clean.column("id").to_pylist() == ["r0", "r2", "r3", "r4"]
+    assert res.rejected.column("reasons").to_pylist() == [["near_duplicate: within 2 bits of r0"]]
+
+
+def test_near_duplicate_banding_finds_every_pair_within_the_distance():
+    import random
+
+    rng = random.Random(3)
+    base = [rng.getrandbits(192) for _ in range(40)]
+    hashes, truth = [], {}
+    for i, b in enumerate(base):
+        hashes.append(f"{b:048x}")
+        flipped = b
+        for bit in rng.sample(range(192), 8):   # exactly 8 bits away: the limit
+            flipped ^= 1 << bit
+        truth[len(hashes)] = i
+        hashes.append(f"{flipped:048x}")
+    found = near_duplicates(hashes, 8)
+    assert {i: d[0] for i, d in enumerate(found) if d} == {k: 2 * v for k, v in truth.items()}
+    assert not any(near_duplicates(hashes, 7))
+
+
+def test_unprobed_manifest_skips_probe_rules_and_rows_add_up():
+    res = apply_rules(manifest({}, {"caption": "짧다"}, probed=False), default_rules())
+    assert res.report["rows_in"] == 2 == res.report["clean"] + res.report["rejected"]
+    skipped = {r["name"]: r["skipped"] for r in res.report["rules"]}
+    assert skipped["media_readable"] == "manifest not probed" and skipped["blur"] == "no column 'blur'"
+    strict = parse_rules("rules:\n - {name: probed, type: probe_ok, require_probe: true}\n")
+    assert apply_rules(manifest({}, probed=False), strict).rejected.column("reasons").to_pylist() == [
+        ["probed: not probed"]]
+
+
+def test_every_reason_of_a_row_is_kept():
+    res = apply_rules(manifest({"caption": "짧다", "duration": 1.0, "blur": 0.0}), default_rules())
+    names = [r.split(":")[0] for r in res.rejected.column("reasons").to_pylist()[0]]
+    assert names == ["caption_length", "video_duration", "hangul_ratio", "blur"] or \
+        set(names) >= {"caption_length", "video_duration", "blur"}
+
+
+def test_rules_yaml_is_validated_and_overrides_apply(tmp_path):
+    for text, msg in [("rules: 3", "expected `rules:`"),
+                      ("rules:\n - {name: a, type: magic}", "unknown type"),
+                      ("rules:\n - {name: a, type: range, field: x, min: 1}\n - {name: a, type: ingest}",
+                       "used twice"),
+                      ("rules:\n - {name: a, type: range, field: x}", "needs min and/or max"),
+                      ("rules:\n - {name: a, type: range, feild: x, min: 1}", "unknown keys"),
+                      ("rules: [", "not valid YAML"),
+                      ("rules:\n - {name: off, type: ingest}", "must be text")]:
+        with pytest.raises(InvalidArgument, match=msg):
+            parse_rules(text)
+    f = tmp_path / "r.yaml"
+    f.write_text("rules:\n - {name: long_enough, type: range, field: caption_chars, min: 200}\n"
+                 " - {name: sharp, type: range, field: blur, min: 1000, enabled: false}\n")
+    rs = load_rules(str(f))
+    assert [r.name for r in rs.rules] == ["ingest_errors", "long_enough", "sharp"]  # ingest is always applied
+    res = apply_rules(manifest({}, {"caption": GOOD + GOOD}), rs)
+    assert res.clean.column("id").to_pylist() == ["r1"]
+    loosened = load_rules(str(f), overrides={"long_enough": {"min": 10}})
+    assert apply_rules(manifest({}, {}), loosened).clean.num_rows == 2
+    with pytest.raises(InvalidArgument, match="unknown rule"):
+        load_rules(None, overrides={"nope": {"min": 1}})
+
+
+def test_caption_features_known_values():
+    t = pa.table({"caption": ["산 바다 산 바다", "ㅋㅋㅋㅋㅋ 하하", "", None, "a b c a b c a b c", "가#나@"]})
+    f = caption_features(t)
+    assert f["caption_chars"].tolist() == [9, 8, 0, 0, 17, 4]
+    assert f["caption_words"].tolist() == [4, 2, 0, 0, 9, 1]
+    assert f["caption_unique_words"].tolist() == [2, 2, 0, 0, 3, 1]
+    assert f["max_char_run"].tolist() == [1, 5, 0, 0, 1, 1]
+    assert f["ngram_repeat_ratio"][4] == pytest.approx(1 - 3 / 7)   # 7 word 3-grams, 3 distinct
+    assert f["hangul_ratio"][0] == 1.0 and f["hangul_ratio"][4] == 0.0
+    assert f["special_ratio"][5] == pytest.approx(0.5)
