@@ -1,0 +1,1 @@
+"""The training service: Wan2.x LoRA training with DiffSynth, locally and as Kubernetes Jobs."""

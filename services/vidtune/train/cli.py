@@ -1,0 +1,131 @@
+"""`vidtune train run|submit|presets`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
+
+from .presets import PRESETS, describe_presets
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """`--set key=value` pairs, values parsed as YAML scalars (numbers, booleans, strings)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _config_dict(args) -> dict:
+    from vidtune.platform.storage import Storage
+
+    data = {}
+    if args.config and args.config.lstrip().startswith("{"):
+        data = yaml.safe_load(args.config)  # an inline mapping (what a dry-run Job passes)
+    elif args.config:
+        data = yaml.safe_load(Storage().read_text(args.config)) or {}
+    if args.preset:
+        data = {"preset": args.preset, **data}
+    data.update(_overrides(args.set))
+    return data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="LoRA training of Wan2.x models (DiffSynth, DeepSpeed, Kubernetes Jobs)")
+    s = p.add_subparsers(dest="action", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--preset", choices=sorted(PRESETS), help="named preset the config starts from")
+        q.add_argument("--config", help="YAML config file or URI (fields of the training config)")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
+        q.add_argument("--dataset", required=True, help="directory or s3:// prefix with metadata.csv")
+        q.add_argument("--out", required=True, help="output directory or s3:// prefix of the run")
+        q.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
+
+    run = s.add_parser("run", help="train in this process")
+    common(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    submit = s.add_parser("submit", help="train as a job of the train service (or print its Kubernetes Job)")
+    common(submit)
+    submit.add_argument("--backend", default="inprocess", choices=["inprocess", "local", "kubernetes"])
+    submit.add_argument("--timeout", type=int, default=0, help="seconds the run may take (0: a week)")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="with --backend kubernetes: print the Job manifest for `kubectl apply -f -`")
+    submit.add_argument("--image", help="container image of the Job (default: $VIDTUNE_GPU_IMAGE)")
+    submit.add_argument("--namespace", help="namespace of the Job (default: $VIDTUNE_NAMESPACE or vidtune)")
+    add_client_args(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    presets = s.add_parser("presets", help="list the named presets with their expected memory per GPU")
+    presets.set_defaults(func=cmd_presets)
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .runner import run_training
+
+    cfg = load_config(_config_dict(args))
+    with CliProgress("train", "step", enabled=not args.quiet) as bar:
+        result = run_training(cfg, args.dataset, args.out, max_steps=args.max_steps or None, progress=bar)
+    print(f"{result['steps']}/{result['total_steps']} steps, final loss {result['final_loss']:.4f}; "
+          f"LoRA: {result['lora']}; report: {result['report']}", file=sys.stderr)
+    print(json.dumps(result, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from .tasks import config_of
+
+    config = _config_dict(args)
+    preset = config.pop("preset", "")
+    spec = {"preset": preset, "config": config, "dataset": args.dataset, "output": args.out,
+            "max_steps": args.max_steps, "timeout_s": args.timeout}
+    config_of(spec)  # fail here on a bad config, before anything is submitted
+    if args.dry_run:
+        if args.backend != "kubernetes":
+            print("error: --dry-run prints a Kubernetes Job; use it with --backend kubernetes", file=sys.stderr)
+            return 2
+        import os
+
+        from vidtune.platform.jobs import new_record
+
+        from .launchers import training_job
+
+        # No service holds a record for a printed Job, so its pod runs the training itself;
+        # a restarted pod resumes from the state below --out.
+        record = new_record("train", "train.run", spec, backend="kubernetes")
+        full = {"preset": preset, **config} if preset else config
+        command = ["vidtune", "train", "run", "--quiet", "--config", json.dumps(full, ensure_ascii=False),
+                   "--dataset", args.dataset, "--out", args.out]
+        if args.max_steps:
+            command += ["--max-steps", str(args.max_steps)]
+        job = training_job(record, args.image or os.environ.get("VIDTUNE_GPU_IMAGE",
+                                                                "ghcr.io/vidtune/vidtune:0.1.0-cu126"),
+                           args.namespace or os.environ.get("VIDTUNE_NAMESPACE", "vidtune"), command=command)
+        from vidtune.platform.kube import manifest_yaml
+
+        print(manifest_yaml(job), end="")
+        return 0
+    from vidtune.v1 import train_pb2, train_pb2_grpc
+
+    request = train_pb2.TrainRequest(preset=preset, config_yaml=yaml.safe_dump(config) if config else "",
+                                     dataset=args.dataset, output=args.out, max_steps=args.max_steps,
+                                     backend=args.backend, timeout_s=args.timeout)
+    return submit_and_follow("train", args, lambda c: c.stub(train_pb2_grpc.TrainServiceStub)
+                             .SubmitTrain(request, metadata=c.metadata, timeout=c.timeout))
+
+
+def cmd_presets(args) -> int:
+    for row in describe_presets():
+        print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "
+              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} ~{row['memory_per_gpu_gb']:.0f} GB/GPU")
+    return 0

@@ -1,0 +1,183 @@
+"""The training configuration: one validated dataclass, read from YAML or a dict, with named presets.
+
+Every field has a default that suits the CPU; presets (presets.py) fill in what a GPU run needs. A
+config is checked as a whole before any model is loaded, so a typo fails in a second with a message
+naming the field, not an hour into a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..models.specs import get_spec
+from ..platform.errors import InvalidArgument
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+SCHEDULES = ("constant", "linear", "cosine")
+DEFAULT_TARGETS = "q,k,v,o,ffn.0,ffn.2"
+DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a LoRA run depends on. Fields named after upstream DiffSynth's training flags."""
+
+    # model
+    model: str = "tiny"                    # wan2.2-ti2v-5b | wan2.2-t2v-a14b | tiny | tiny-t2v-a14b
+    expert: str = ""                       # A14B only: high | low (which DiT expert this run trains)
+    weights: Any = None                    # dir / s3 prefix, or {role: path or URI}; None only for tiny models
+    # data
+    dataset: str = ""                      # dir or s3 prefix holding metadata.csv (video,prompt) + media
+    height: int = 64
+    width: int = 64
+    num_frames: int = 9                    # 4n+1
+    dataset_repeat: int = 1
+    use_cache: bool = True                 # VAE latents + text embeddings computed once, epochs read the cache
+    # optimisation
+    epochs: int = 1
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"          # constant | linear | cosine (after warmup)
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = True
+    max_steps: int = 0                     # 0: run all epochs
+    seed: int = 0
+    # LoRA
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: str = DEFAULT_TARGETS
+    # numerics and distribution
+    precision: str = "fp32"                # fp32 (CPU) | fp16 (V100, DeepSpeed dynamic loss scale) | bf16 (A100+)
+    device: str = "cpu"                    # cpu | cuda
+    deepspeed_stage: int = 0               # 0: plain accelerate; 2: ZeRO-2
+    deepspeed_offload_optimizer: bool = False
+    num_gpus: int = 0
+    # checkpoints
+    save_every_steps: int = 50             # training state for resume (and step-N LoRA)
+    save_every_epochs: int = 1             # epoch-N.safetensors
+    keep_states: int = 2
+    # Kubernetes placement (used by the kubernetes launcher only)
+    node_selector: dict = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
+    memory_per_gpu_gb: float = 0.0         # documented expectation, checked against nothing at runtime
+    notes: str = ""
+
+    # -- derived
+    @property
+    def spec(self):
+        return get_spec(self.model)
+
+    @property
+    def expert_role(self) -> str:
+        return self.spec.expert_role(self.expert)
+
+    @property
+    def timestep_range(self) -> tuple[float, float]:
+        return self.spec.timestep_range(self.expert or "dit")
+
+    @property
+    def targets(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the sample order and the numbers, so a resume refuses a changed config."""
+        keys = ("model", "expert", "height", "width", "num_frames", "dataset_repeat", "epochs", "seed",
+                "gradient_accumulation_steps", "lora_rank", "lora_alpha", "lora_targets", "precision")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def validate(self) -> "TrainConfig":
+        spec = self.spec  # raises for an unknown model
+        self.expert_role  # raises for a wrong expert
+        if len(spec.dit_roles) > 1 and not self.expert:
+            raise InvalidArgument(f"model {spec.name} has two DiT experts: set expert to high or low")
+        if self.num_frames < 1 or self.num_frames % 4 != 1:
+            raise InvalidArgument(f"num_frames={self.num_frames}: Wan needs 4n+1 frames (e.g. 9, 49, 81, 121)")
+        div = spec.vae_stride * 2  # VAE stride x DiT patch 2
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v <= 0 or v % 16 or v % div:
+                raise InvalidArgument(f"{name}={v}: must be a positive multiple of {max(16, div)} for {spec.name}")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgument(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise InvalidArgument(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.deepspeed_stage not in (0, 2):
+            raise InvalidArgument(f"deepspeed_stage={self.deepspeed_stage}: supported are 0 (off) and 2 (ZeRO-2)")
+        if self.precision == "fp16" and self.device == "cuda" and self.deepspeed_stage == 0:
+            raise InvalidArgument("precision fp16 needs deepspeed_stage 2 (its dynamic loss scaling keeps fp16 stable)")
+        if self.device not in ("cpu", "cuda"):
+            raise InvalidArgument(f"device={self.device!r}: choose cpu or cuda")
+        if self.device == "cpu" and self.precision == "fp16":
+            raise InvalidArgument("precision fp16 is for GPUs; use fp32 (or bf16) on the CPU")
+        for name in ("dataset_repeat", "epochs", "gradient_accumulation_steps", "lora_rank", "save_every_steps",
+                     "save_every_epochs", "keep_states"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidArgument(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.learning_rate <= 0:
+            raise InvalidArgument(f"learning_rate={self.learning_rate}: must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise InvalidArgument(f"lora_dropout={self.lora_dropout}: must be in [0, 1)")
+        if not self.targets:
+            raise InvalidArgument("lora_targets is empty: name the Linear modules to adapt, e.g. q,k,v,o,ffn.0,ffn.2")
+        if self.weights in (None, "") and not spec.tiny:
+            raise InvalidArgument(f"model {spec.name} needs weights (a directory or s3:// prefix); nothing is downloaded")
+        return self
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """A validated config from a dict; a `preset` key starts from that preset, other keys override it."""
+    from .presets import preset_config
+
+    data = dict(data or {})
+    preset = data.pop("preset", None)
+    cfg = preset_config(preset) if preset else dataclasses.replace(base or TrainConfig())
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise InvalidArgument(f"unknown training config field(s) {unknown}; known: {', '.join(sorted(_FIELDS))}")
+    for key, value in data.items():
+        current = getattr(cfg, key)
+        if value is not None and isinstance(current, (int, float)) and not isinstance(current, bool):
+            try:
+                value = type(current)(value)
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{key}={value!r}: expected a {type(current).__name__}") from None
+        setattr(cfg, key, value)
+    return cfg.validate()
+
+
+def load_config(source: str | dict | TrainConfig | None = None, storage=None, **overrides) -> TrainConfig:
+    """A config from a YAML file/URI, a YAML string, a dict or a preset name, with keyword overrides."""
+    from .presets import PRESETS
+
+    if isinstance(source, TrainConfig):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif not source:
+        data = {}
+    elif source in PRESETS:
+        data = {"preset": source}
+    elif source.endswith((".yaml", ".yml")):
+        from ..platform.storage import Storage
+
+        data = yaml.safe_load((storage or Storage()).read_text(source)) or {}
+    else:
+        data = yaml.safe_load(source) or {}
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"training config {source!r} is neither a preset, a YAML file nor a YAML mapping")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(data)

@@ -1,0 +1,134 @@
+"""The Wan LoRA training module, built from DiffSynth's pieces.
+
+Upstream keeps its Wan trainer in examples only; this is ours. It splits the WanVideoPipeline's units
+the way upstream's two-stage training does: the units that do not touch the trained DiT (prompt
+embedding, VAE encoding, shape checks) form the caching stage and run once per sample; the rest run
+every step, followed by DiffSynth's FlowMatchSFTLoss.
+"""
+from __future__ import annotations
+
+import torch
+from diffsynth.core.vram.initialization import skip_model_initialization
+from diffsynth.diffusion import DiffusionTrainingModule, FlowMatchSFTLoss
+from diffsynth.models.wan_video_dit import WanModel
+
+from ..models.loading import load_pipeline
+from .config import TrainConfig
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Recomputed by the noise initialiser or the loss; never worth storing.
+_NOT_CACHED = {"noise", "latents", "input_video", "input_image", "rand_device"}
+LORA_PREFIX = "pipe.dit."
+
+
+def _cacheable(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, (bool, int, float, str)) for v in value)
+    return False
+
+
+def raw_inputs(frames, prompt: str, family: str, device: str) -> tuple[dict, dict, dict]:
+    """Pipeline inputs for one sample, as upstream's Wan trainer builds them (cfg off, no tiling)."""
+    shared = {
+        "input_video": frames, "height": frames[0].size[1], "width": frames[0].size[0],
+        "num_frames": len(frames), "cfg_scale": 1, "tiled": False, "rand_device": device,
+        "cfg_merge": False, "vace_scale": 1,
+        "tile_size": (30, 52), "tile_stride": (15, 26),
+    }
+    if family == "ti2v" and len(frames) > 1:
+        # TI2V learns to continue a given first frame (upstream `--extra_inputs input_image`).
+        shared["input_image"] = frames[0]
+    return shared, {"prompt": prompt}, {}
+
+
+def cache_pipeline(cfg: TrainConfig, storage=None, cache_dir=None):
+    """The encoders (umT5 + VAE) for the caching stage.
+
+    They run in fp32 unless training is bf16: umT5 overflows in fp16, and this stage runs once per
+    sample, so a V100 run pays fp32 here and never again.
+    """
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    device = "cuda" if cfg.device == "cuda" else "cpu"
+    pipe = load_pipeline(cfg.spec, cfg.weights, device=device, dtype=dtype, roles=["text_encoder", "vae"],
+                         storage=storage, cache_dir=cache_dir)
+    # The encoding units read the DiT's switches (fused first frame, CLIP/VAE conditioning) but never
+    # run it: the real class with the spec's config and empty (meta) parameters answers them for free.
+    with skip_model_initialization():
+        pipe.dit = WanModel(**cfg.spec.component(cfg.expert_role).kwargs)
+    pipe.scheduler.set_timesteps(1000, training=True)
+    return pipe
+
+
+@torch.no_grad()
+def encode_sample(pipe, units, frames, prompt: str, family: str) -> tuple[dict, dict, dict]:
+    """Run the caching-stage units on one sample; the result is what the training step needs."""
+    inputs = raw_inputs(frames, prompt, family, str(pipe.device))
+    for unit in units:
+        inputs = pipe.unit_runner(unit, pipe, *inputs)
+    return tuple({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                  for k, v in part.items() if k not in _NOT_CACHED and _cacheable(v)} for part in inputs)
+
+
+class WanLoraTrainingModule(DiffusionTrainingModule):
+    """A WanVideoPipeline with PEFT LoRA injected into the trained DiT expert."""
+
+    def __init__(self, cfg: TrainConfig, with_encoders: bool = False, storage=None, cache_dir=None):
+        super().__init__()
+        self.cfg = cfg
+        self.family = cfg.spec.family
+        dtype = DTYPES[cfg.precision]
+        device = "cuda" if cfg.device == "cuda" else "cpu"
+        # The chosen expert is loaded alone, so it is always `pipe.dit` (as in upstream's A14B runs).
+        roles = [cfg.expert_role] + (["text_encoder", "vae"] if with_encoders else [])
+        self.pipe = load_pipeline(cfg.spec, cfg.weights, device=device, dtype=dtype, roles=roles,
+                                  tokenizer=with_encoders, storage=storage, cache_dir=cache_dir)
+        self.train_units, self.cache_units = self.pipe.split_pipeline_units(["dit"])
+        self.pipe.scheduler.set_timesteps(1000, training=True)
+        self.pipe.freeze_except([])
+        self.pipe.dit = self.add_lora_to_model(self.pipe.dit, target_modules=cfg.targets, lora_rank=cfg.lora_rank,
+                                               lora_alpha=cfg.lora_alpha, upcast_dtype=dtype)
+        if cfg.lora_dropout > 0:
+            self._set_lora_dropout(cfg.lora_dropout)
+        self.min_boundary, self.max_boundary = cfg.timestep_range
+        if not any(p.requires_grad for p in self.parameters()):
+            raise ValueError(f"LoRA targets {cfg.lora_targets!r} matched no Linear layer of the DiT")
+
+    def _set_lora_dropout(self, p: float) -> None:
+        for module in self.pipe.dit.modules():
+            drop = getattr(module, "lora_dropout", None)
+            if isinstance(drop, torch.nn.ModuleDict):
+                for key in drop:
+                    drop[key] = torch.nn.Dropout(p)
+
+    def step_inputs(self, cached: tuple[dict, dict, dict]) -> tuple[dict, dict, dict]:
+        shared, posi, nega = (dict(x) for x in cached)
+        shared.update({
+            "max_timestep_boundary": self.max_boundary, "min_timestep_boundary": self.min_boundary,
+            "use_gradient_checkpointing": self.cfg.gradient_checkpointing,
+            "use_gradient_checkpointing_offload": False, "cfg_scale": 1, "cfg_merge": False,
+        })
+        return shared, posi, nega
+
+    def forward(self, cached=None, frames=None, prompt: str = ""):
+        """Loss for one sample, from its cache entry or (no cache) from decoded frames and a prompt."""
+        if cached is None:
+            inputs = raw_inputs(frames, prompt, self.family, str(self.pipe.device))
+            with torch.no_grad():
+                for unit in self.cache_units:
+                    inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)
+            cached = inputs
+        inputs = self.step_inputs(cached)
+        inputs = self.transfer_data_to_device(inputs, self.pipe.device, self.pipe.torch_dtype)
+        for unit in self.train_units:
+            inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)
+        shared, posi, _ = inputs
+        return FlowMatchSFTLoss(self.pipe, **shared, **posi)
+
+    def lora_state_dict(self, state_dict: dict | None = None) -> dict:
+        """The trained LoRA tensors with DiT-relative names (upstream's `remove_prefix_in_ckpt=pipe.dit.`)."""
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        return self.export_trainable_state_dict(state_dict, remove_prefix=LORA_PREFIX)

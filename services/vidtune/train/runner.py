@@ -1,0 +1,448 @@
+"""One LoRA training run: cache, train, checkpoint, resume. Pure core: no gRPC, no Kubernetes.
+
+`run_training(config, dataset_uri, out_uri, max_steps, progress)` is the single entry point used by the
+CLI (`vidtune train run`), the job handler and the demo. Everything a run produces lands below
+`out_uri` (a directory or an s3:// prefix); see checkpoint.py for the layout.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from ..platform.report import Report, new_figure
+from ..platform.storage import Storage, join
+from . import checkpoint as ckpt
+from .config import TrainConfig, load_config
+from .dataset import Sample, load_frames, read_metadata
+from .launch import make_accelerator
+from .order import DataOrder
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def _noop_progress(done: int, total: int, message: str = "") -> None:
+    pass
+
+
+@dataclass
+class RunPaths:
+    """Where a run's outputs live, all derived from the output prefix."""
+
+    out: str
+    cache_settings: str
+
+    @property
+    def cache(self) -> str:
+        return join(self.out, "cache", self.cache_settings)
+
+    @property
+    def metrics(self) -> str:
+        return join(self.out, "metrics.jsonl")
+
+    @property
+    def loss_png(self) -> str:
+        return join(self.out, "loss.png")
+
+    def epoch_lora(self, epoch: int) -> str:
+        return join(self.out, "checkpoints", f"epoch-{epoch}.safetensors")
+
+    @property
+    def final_lora(self) -> str:
+        return join(self.out, "lora.safetensors")
+
+
+def cache_settings(cfg: TrainConfig) -> str:
+    dtype = "bf16" if cfg.precision == "bf16" else "fp32"
+    return f"{cfg.spec.name}-{cfg.height}x{cfg.width}x{cfg.num_frames}-{dtype}"
+
+
+# -- caching stage -------------------------------------------------------------------------------------
+
+def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storage: Storage, scratch: Path,
+                rank: int = 0, world: int = 1, progress: Progress = _noop_progress,
+                check_cancelled: Callable[[], None] = lambda: None) -> dict[str, str]:
+    """Encode every sample once (VAE latents + text embeddings) into `<out>/cache/<settings>/<key>.pt`.
+
+    Entries that exist are skipped, so a restarted run only encodes what is missing. A sample that
+    cannot be decoded is rejected with its reason in rejected-<rank>.jsonl; the others go on.
+    Returns {sample id: reason} of the rejections this process saw.
+    """
+    from .module import cache_pipeline, encode_sample
+
+    settings = paths.cache_settings
+    todo = [s for i, s in enumerate(samples) if i % world == rank
+            and not storage.exists(join(paths.cache, s.cache_key(settings) + ".pt"))]
+    rejected_uri = join(paths.cache, f"rejected-{rank}.jsonl")
+    rejected = _read_rejected(storage, rejected_uri)
+    todo = [s for s in todo if s.id not in rejected]
+    if not todo:
+        return rejected
+    pipe = cache_pipeline(cfg, storage=storage)
+    units = pipe.split_pipeline_units(["dit"])[1]
+    for n, sample in enumerate(todo):
+        check_cancelled()
+        try:
+            frames = _decode(sample, cfg, storage, scratch)
+        except (InvalidArgument, NotFound) as e:  # one corrupt or missing file never fails the run
+            rejected[sample.id] = f"{type(e).__name__}: {e}"
+            storage.write_text(rejected_uri, "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n"
+                                                      for k, v in rejected.items()))
+            log.warning("sample %s rejected: %s", sample.id, rejected[sample.id])
+            continue
+        entry = encode_sample(pipe, units, frames, sample.prompt, cfg.spec.family)
+        local = scratch / f"{sample.cache_key(settings)}.pt"
+        torch.save(entry, local)
+        storage.upload(local, join(paths.cache, local.name))
+        local.unlink()
+        progress(n + 1, len(todo), f"caching latents and text embeddings {n + 1}/{len(todo)}")
+    del pipe
+    gc.collect()
+    return rejected
+
+
+def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path, attempts: int = 2):
+    """Frames of a sample; a failure is retried once on a fresh copy, since the decoder's probe
+    can time out on a loaded machine and a rejection is permanent for the run."""
+    for attempt in range(attempts):
+        try:
+            with storage.local_copy(sample.uri, scratch) as local:
+                try:
+                    return load_frames(local, cfg.height, cfg.width, cfg.num_frames)
+                except InvalidArgument as e:  # name the sample's URI, not a temporary copy
+                    raise InvalidArgument(str(e).replace(str(local), sample.uri)) from None
+        except InvalidArgument:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
+def _read_rejected(storage: Storage, uri: str) -> dict[str, str]:
+    if not storage.exists(uri):
+        return {}
+    rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+    return {r["id"]: r["reason"] for r in rows}
+
+
+def all_rejected(paths: RunPaths, storage: Storage) -> dict[str, str]:
+    out = {}
+    for uri in storage.list(paths.cache):
+        if Path(uri).name.startswith("rejected-"):
+            out.update(_read_rejected(storage, uri))
+    return out
+
+
+class CacheReader:
+    """Cache entries by sample, copied from the object store to local disk on first use."""
+
+    def __init__(self, paths: RunPaths, storage: Storage, local_dir: Path):
+        self.paths, self.storage, self.local_dir = paths, storage, local_dir
+
+    def __call__(self, sample: Sample):
+        name = sample.cache_key(self.paths.cache_settings) + ".pt"
+        uri = join(self.paths.cache, name)
+        local = Path(uri) if not uri.startswith("s3://") else self.local_dir / name
+        if not local.exists():
+            self.storage.download(uri, local)
+        return torch.load(local, map_location="cpu", weights_only=True)
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+def memory_mb(device: str) -> float:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def plot_loss(metrics: list[dict], title: str):
+    fig, ax = new_figure(7, 3.5)
+    steps = [m["step"] for m in metrics]
+    losses = [m["loss"] for m in metrics]
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    if len(losses) >= 5:
+        k = max(2, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=1.6, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def _write_png(fig, uri: str, storage: Storage) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    storage.write_bytes(uri, buf.getvalue(), "image/png")
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / span)
+        return 1.0 - t if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+    return factor
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    steps: int
+    total_steps: int
+    resumed_from: int
+    out: str
+    lora: str = ""
+    lora_comfyui: str = ""
+    epochs: dict = field(default_factory=dict)
+    metrics: str = ""
+    loss_png: str = ""
+    report: str = ""
+    samples: int = 0
+    rejected: int = 0
+    final_loss: float = float("nan")
+
+    def as_dict(self) -> dict:
+        out = dict(self.__dict__)
+        if not math.isfinite(out["final_loss"]):
+            out["final_loss"] = None  # JSON and protobuf Struct have no NaN
+        return out
+
+
+def run_training(config: TrainConfig | dict | str, dataset_uri: str | None = None, out_uri: str = "",
+                 max_steps: int | None = None, progress: Progress | None = None, storage: Storage | None = None,
+                 check_cancelled: Callable[[], None] = lambda: None,
+                 on_step: Callable[[int, dict], None] | None = None, scratch: str | Path | None = None) -> dict:
+    """Train a LoRA as configured on the dataset, writing everything below `out_uri`.
+
+    Resumes from `<out_uri>/state/latest.json` when present. `max_steps` caps the optimizer steps of
+    this run (the sample order and the schedule still span the configured epochs). `progress(done,
+    total, message)` is called every step with the loss and learning rate.
+    """
+    cfg = load_config(config) if not isinstance(config, TrainConfig) else config.validate()
+    if dataset_uri:
+        cfg.dataset = dataset_uri
+    if not cfg.dataset:
+        raise InvalidArgument("no dataset: give a directory or s3:// prefix with metadata.csv")
+    if not out_uri:
+        raise InvalidArgument("no output location: give a directory or s3:// prefix")
+    storage = storage or Storage()
+    progress = progress or _noop_progress
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="vt-train-") as tmp:
+        return _run(cfg, out_uri, max_steps if max_steps is not None else (cfg.max_steps or None), progress,
+                    storage, check_cancelled, on_step, Path(tmp)).as_dict()
+
+
+def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, storage: Storage,
+         check_cancelled, on_step, scratch: Path) -> RunResult:
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    paths = RunPaths(out, cache_settings(cfg))
+    samples = read_metadata(cfg.dataset, storage)
+    if main:
+        storage.write_text(join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2, default=str))
+
+    # 1. caching stage: encoders run once per sample, then leave memory before the DiT arrives.
+    rejected: dict[str, str] = {}
+    if cfg.use_cache:
+        build_cache(cfg, samples, paths, storage, scratch, rank, world, progress, check_cancelled)
+        accelerator.wait_for_everyone()
+        rejected = all_rejected(paths, storage)
+        samples = [s for s in samples if s.id not in rejected]
+    if not samples:
+        raise FailedPrecondition(f"dataset {cfg.dataset}: every sample was rejected ({len(rejected)}); "
+                                 f"see {paths.cache}/rejected-*.jsonl")
+    order = DataOrder(len(samples), cfg.dataset_repeat, cfg.seed, cfg.epochs, cfg.gradient_accumulation_steps, world)
+    total = order.total_steps
+
+    # 2. model, optimizer, schedule
+    from .module import WanLoraTrainingModule
+
+    torch.manual_seed(cfg.seed + rank)
+    model = WanLoraTrainingModule(cfg, with_encoders=not cfg.use_cache, storage=storage)
+    optimizer = torch.optim.AdamW(model.trainable_modules(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    deepspeed = cfg.deepspeed_stage > 0
+    if not deepspeed:
+        # Only LoRA tensors go into the state; the frozen base comes from the weights on resume.
+        def keep_trainable(models, weights, _dir):
+            for i, m in enumerate(models):
+                names = accelerator.unwrap_model(m).trainable_param_names()
+                weights[i] = {k: v for k, v in weights[i].items() if k in names}
+        accelerator.register_save_state_pre_hook(keep_trainable)
+
+    # 3. resume
+    start, metrics = 0, []
+    state = ckpt.latest_state(out, storage)
+    if state is not None:
+        local, trainer_state = ckpt.fetch_state(state, storage, scratch / "resume")
+        if trainer_state.get("fingerprint") != cfg.fingerprint() or trainer_state.get("n_samples") != len(samples):
+            raise FailedPrecondition(f"{out} holds a run with another config or dataset "
+                                     f"(state at step {state['step']}); use a new output location")
+        kwargs = {"load_module_strict": False} if deepspeed else {"strict": False}
+        accelerator.load_state(str(local), **kwargs)
+        start = int(trainer_state["step"])
+        shutil.rmtree(local, ignore_errors=True)
+        if storage.exists(paths.metrics):
+            metrics = [json.loads(x) for x in storage.read_text(paths.metrics).splitlines() if x.strip()]
+            metrics = [m for m in metrics if m["step"] <= start]
+        log.info("resuming %s at step %d of %d", out, start, total)
+    resumed_from = start
+    end = min(total, start + max_steps) if max_steps else total
+    if end > total:
+        end = total
+
+    reader = CacheReader(paths, storage, scratch / "cache")
+    unwrapped = accelerator.unwrap_model(model)
+    result = RunResult(steps=start, total_steps=total, resumed_from=resumed_from, out=out,
+                       samples=len(samples), rejected=len(rejected))
+    epochs_written: dict[int, str] = {}
+
+    def save_lora(uri: str, step: int, epoch: int) -> dict:
+        state_dict = accelerator.get_state_dict(model)
+        if not main:
+            return {}
+        lora = unwrapped.lora_state_dict(state_dict)
+        return ckpt.write_lora(lora, uri, storage, scratch, cfg.lora_rank, cfg.lora_alpha, {
+            "format": "vidtune-lora", "model": cfg.spec.name, "role": cfg.expert_role, "step": step,
+            "epoch": epoch, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets})
+
+    def flush(step: int) -> None:
+        if main and metrics:
+            storage.write_text(paths.metrics, "".join(json.dumps(m) + "\n" for m in metrics),
+                               "application/x-ndjson")
+
+    def save_state(step: int) -> None:
+        local = scratch / f"state-{step}"
+        kwargs = {"exclude_frozen_parameters": True} if deepspeed else {}
+        accelerator.save_state(str(local), **kwargs)
+        if main:
+            ckpt.publish_state(local, out, step, storage, cfg.keep_states, {
+                "step": step, "total_steps": total, "fingerprint": cfg.fingerprint(), "n_samples": len(samples),
+                "order": {"seed": cfg.seed, "repeat": cfg.dataset_repeat, "epochs": cfg.epochs,
+                          "grad_accum": cfg.gradient_accumulation_steps, "world_size": world}})
+            if metrics:
+                _write_png(plot_loss(metrics, f"{cfg.spec.name} LoRA"), paths.loss_png, storage)
+        accelerator.wait_for_everyone()
+        shutil.rmtree(local, ignore_errors=True)
+
+    # 4. train
+    model.train()
+    last_flush = time.monotonic()
+    for step in range(start, end):
+        check_cancelled()
+        t0 = time.perf_counter()
+        micro_losses = []
+        ids = order.step_samples(step, rank)
+        for index in ids:
+            sample = samples[index]
+            with accelerator.accumulate(model):
+                if cfg.use_cache:
+                    loss = model(cached=reader(sample))
+                else:
+                    loss = model(frames=_decode(sample, cfg, storage, scratch), prompt=sample.prompt)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and not deepspeed and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unwrapped.trainable_modules(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            micro_losses.append(float(loss.detach().float()))
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        dt = time.perf_counter() - t0
+        done = step + 1
+        loss_value = sum(micro_losses) / len(micro_losses)
+        if not math.isfinite(loss_value):
+            log.warning("step %d: non-finite loss %s", done, loss_value)
+        all_ids = [samples[i].id for r in range(world) for i in order.step_samples(step, r)]
+        entry = {"step": done, "epoch": order.sample_at(step * order.per_step)[0], "loss": loss_value, "lr": lr,
+                 "step_time_s": round(dt, 4), "samples_per_s": round(order.per_step / dt, 3),
+                 "memory_mb": round(memory_mb(cfg.device), 1), "samples": all_ids}
+        metrics.append(entry)
+        result.steps, result.final_loss = done, loss_value
+        progress(done, total, f"loss={loss_value:.4f} lr={lr:.2e} {entry['samples_per_s']:.2f} samples/s")
+        completed = order.epochs_completed(done)
+        prev_completed = order.epochs_completed(step)
+        if completed > prev_completed and (completed % cfg.save_every_epochs == 0 or completed == cfg.epochs):
+            uris = save_lora(paths.epoch_lora(completed - 1), done, completed - 1)
+            if main:
+                epochs_written[completed - 1] = uris["diffsynth"]
+        if done % cfg.save_every_steps == 0 or done == end:
+            flush(done)
+            save_state(done)
+            last_flush = time.monotonic()
+        elif time.monotonic() - last_flush > 5:
+            flush(done)
+            last_flush = time.monotonic()
+        if on_step is not None:
+            on_step(done, entry)
+
+    # 5. final artefacts (every process takes the same branch: saving may gather across ranks)
+    if end > resumed_from or not storage.exists(paths.final_lora):
+        uris = save_lora(paths.final_lora, result.steps, order.epochs_completed(result.steps))
+    result.lora = paths.final_lora
+    result.lora_comfyui = paths.final_lora.replace(".safetensors", ".comfyui.safetensors")
+    flush(result.steps)
+    if main:
+        if not metrics and storage.exists(paths.metrics):
+            metrics = [json.loads(x) for x in storage.read_text(paths.metrics).splitlines() if x.strip()]
+        result.epochs = {str(e): paths.epoch_lora(e) for e in range(order.epochs_completed(result.steps))
+                         if storage.exists(paths.epoch_lora(e))}
+        result.metrics = paths.metrics
+        if metrics:
+            _write_png(plot_loss(metrics, f"{cfg.spec.name} LoRA"), paths.loss_png, storage)
+            result.loss_png = paths.loss_png
+            result.report = write_report(cfg, result, metrics, rejected, storage)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejected: dict, storage: Storage) -> str:
+    """The human-facing summary of a run: loss curve, throughput and where the checkpoints are."""
+    rep = Report(f"LoRA training: {cfg.spec.name}")
+    rep.paragraph(f"{result.steps} of {result.total_steps} steps on {result.samples} samples "
+                  f"({result.rejected} rejected), {cfg.height}x{cfg.width}x{cfg.num_frames}, "
+                  f"rank {cfg.lora_rank}, precision {cfg.precision}.")
+    rep.figure(plot_loss(metrics, f"{cfg.spec.name} LoRA"), "Flow-matching loss per step", name="loss")
+    times = sorted(m["step_time_s"] for m in metrics)
+    rep.table(["measure", "value"], [
+        ["final loss", f"{result.final_loss:.4f}"],
+        ["median step time (s)", f"{times[len(times) // 2]:.3f}"],
+        ["peak memory (MB)", f"{max(m['memory_mb'] for m in metrics):.0f}"],
+        ["resumed from step", result.resumed_from],
+    ])
+    rep.bullets([f"LoRA (DiffSynth): {result.lora}", f"LoRA (ComfyUI): {result.lora_comfyui}",
+                 *[f"epoch {e}: {u}" for e, u in result.epochs.items()]])
+    if rejected:
+        rep.heading("Rejected samples")
+        rep.table(["sample", "reason"], [[k, v] for k, v in rejected.items()])
+    rep.write(result.out, storage, stem="report", data={"config": cfg.to_dict(), "result": result.as_dict()})
+    return join(result.out, "report.html")

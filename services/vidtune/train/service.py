@@ -1,0 +1,72 @@
+"""TrainService over gRPC: validate the request, submit a training job; following it is the JobService."""
+from __future__ import annotations
+
+import os
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.jobs import JobManager
+from vidtune.platform.server import ServiceDefinition, record_to_proto, rpc
+from vidtune.platform.settings import jobs_root
+from vidtune.platform.storage import Storage, require_object_uris
+from vidtune.v1 import train_pb2, train_pb2_grpc
+
+from .presets import describe_presets
+from .tasks import HANDLERS, config_of, spec_errors
+
+BACKENDS = ("inprocess", "local", "kubernetes")
+
+
+def request_spec(request) -> dict:
+    """The job spec of a TrainRequest (typed numbers, empty fields left out)."""
+    spec = {"preset": request.preset, "config": request.config_yaml, "dataset": request.dataset,
+            "output": request.output, "max_steps": int(request.max_steps), "timeout_s": int(request.timeout_s)}
+    return {k: v for k, v in spec.items() if v not in ("", 0)}
+
+
+class TrainServicer(train_pb2_grpc.TrainServiceServicer):
+    def __init__(self, manager: JobManager):
+        self.manager = manager
+
+    @rpc
+    def SubmitTrain(self, request, context):
+        spec = request_spec(request)
+        errors = spec_errors(spec)
+        if errors:
+            raise InvalidArgument("; ".join(errors))
+        require_object_uris([spec["dataset"], spec["output"]], "dataset/output")
+        config_of(spec)  # a bad config fails here, not in the job
+        backend = request.backend or "inprocess"
+        if backend not in BACKENDS:
+            raise InvalidArgument(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        return record_to_proto(self.manager.submit("train.run", spec, backend=backend))
+
+    @rpc
+    def ListPresets(self, request, context):
+        return train_pb2.ListPresetsResponse(presets=[
+            train_pb2.Preset(name=p["name"], model=p["model"], size=p["size"], precision=p["precision"],
+                             deepspeed_stage=p["deepspeed_stage"], gpus=p["gpus"],
+                             memory_per_gpu_gb=p["memory_per_gpu_gb"], notes=p["notes"])
+            for p in describe_presets()])
+
+
+def kubernetes_enabled() -> bool:
+    return os.environ.get("VIDTUNE_KUBERNETES", "") == "1" or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
+    from .launchers import KubeReconciler, kubernetes_launcher, local_launcher
+
+    launchers = {"local": local_launcher()}
+    extra_stop = []
+    if kubernetes_enabled():
+        launchers["kubernetes"] = kubernetes_launcher()
+    manager = JobManager("train", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers,
+                         launchers=launchers)
+    if kubernetes_enabled():
+        reconciler = KubeReconciler(manager.store).start()
+        extra_stop.append(reconciler.stop)
+    return ServiceDefinition(
+        name="train",
+        servicers=[(train_pb2_grpc.add_TrainServiceServicer_to_server, TrainServicer(manager))],
+        proto_services=[train_pb2.DESCRIPTOR.services_by_name["TrainService"].full_name],
+        manager=manager, extra_stop=extra_stop)

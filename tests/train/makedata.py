@@ -1,0 +1,61 @@
+"""A tiny dataset in the quality export's layout: metadata.csv (video,prompt) + media below it."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = ["a red square moves right", "파란 원이 아래로 움직인다", "a green bar grows", "노란 점이 깜박인다",
+           "a white line rotates", "검은 배경에 빨간 사각형"]
+
+
+def write_video(path: Path, seed: int, frames: int = 9, size: int = 64) -> None:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (size, size))
+    colour = rng.integers(0, 255, 3).tolist()
+    for t in range(frames):
+        img = np.zeros((size, size, 3), np.uint8)
+        x = (seed * 7 + t * 5) % (size - 16)
+        img[16:32, x:x + 16] = colour
+        writer.write(img)
+    writer.release()
+
+
+def export_dataset(archive: Path, out: Path, n: int = 4, corrupt: int = 0) -> Path:
+    """Raw clips in `archive`, laid out for training by the quality service's export."""
+    import pyarrow as pa
+
+    from vidtune.quality.dataset import export
+
+    make_dataset(archive, n=n, corrupt=corrupt)
+    with open(archive / "metadata.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    table = pa.table({"media": [r["video"] for r in rows], "caption": [r["prompt"] for r in rows]})
+    export(table, str(archive), str(out))
+    return out
+
+
+def make_dataset(root: Path, n: int = 4, corrupt: int = 0, image: bool = False) -> Path:
+    """n small clips (+ `corrupt` undecodable files, + one still image when `image`)."""
+    media = root / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        write_video(media / f"clip{i}.mp4", i)
+        rows.append({"video": f"media/clip{i}.mp4", "prompt": PROMPTS[i % len(PROMPTS)]})
+    for j in range(corrupt):
+        (media / f"broken{j}.mp4").write_bytes(b"not a video at all")
+        rows.append({"video": f"media/broken{j}.mp4", "prompt": "broken"})
+    if image:
+        import cv2
+
+        cv2.imwrite(str(media / "still.png"), np.full((64, 64, 3), 128, np.uint8))
+        rows.append({"video": "media/still.png", "prompt": "회색 정지 화면"})
+    with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["video", "prompt"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
