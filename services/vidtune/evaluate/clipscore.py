@@ -1,0 +1,202 @@
+"""CLIP text-video score and CLIP temporal consistency, with open_clip models loaded from a path or URI.
+
+The default architecture is open_clip's `xlm-roberta-base-ViT-B-32`: its text tower is XLM-RoBERTa, which
+reads Korean, where the English CLIP BPE tokenizer does not and truncates at 77 tokens. open_clip fetches
+that text tower's config and tokenizer from the Hugging Face hub by name; here they come from a local
+"bundle" directory (or an s3:// prefix) instead, so scoring runs with no hub access:
+
+    <bundle>/open_clip_config.json   optional {"model_cfg": {...}, "preprocess_cfg": {...}}; without it the
+                                     built-in config of `model_name` is used
+    <bundle>/open_clip_model.safetensors (or open_clip_pytorch_model.bin, *.pt)   the full CLIP weights
+    <bundle>/config.json, tokenizer.json, ...   the HF text tower config and tokenizer (HF text towers only)
+
+A plain weights file is accepted for models whose text tower is open_clip's own (e.g. ViT-B-32).
+Scores mean something only with real trained weights; tests use tiny random bundles of the same classes.
+
+Formulas (frames: the `sample_frames` evenly spaced frames of each video, see videoio.uniform_indices):
+    clip_cosine  = mean_t cos(E_img(frame_t), E_txt(prompt))            raw cosine in [-1, 1]
+    clip_score   = 100 * max(clip_cosine, 0)                            the CLIPScore convention, 0..100
+    temporal_consistency = mean_t cos(E_img(frame_t), E_img(frame_t+1)) over adjacent sampled frames
+Images are resized (shorter side to the model's image size, bicubic, antialiased), centre-cropped and
+normalised with the model's mean/std, exactly as open_clip's validation transform does, but batched on tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidtune.platform.errors import FailedPrecondition, InvalidArgument
+from vidtune.platform.storage import Storage
+
+from .weights import cache_root, local_weights
+
+log = logging.getLogger("vidtune.evaluate.clip")
+
+DEFAULT_CLIP_MODEL = "xlm-roberta-base-ViT-B-32"
+_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                 "open_clip_pytorch_model.bin", "open_clip_model.bin", "model.safetensors", "model.pt",
+                 "open_clip_model.pt")
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model with its tokenizer and preprocessing, encoding in batches."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+    source: str
+    context_length: int = 77
+    device: str = "cpu"
+    random_weights: bool = False  # a tiny random bundle (tests, demo): its scores are meaningless
+    _text_cache: dict = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict:
+        return {"model": self.name, "weights": self.source, "image_size": self.image_size,
+                "context_length": self.context_length, "random_weights": self.random_weights}
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised float [N, 3, S, S] (resize shorter side, centre crop)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        h, w = x.shape[-2:]
+        s = self.image_size
+        if (h, w) != (s, s):
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            x = x[..., top:top + s, left:left + s].clamp_(0.0, 1.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device)
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        """Unit-norm image embeddings [N, D] of uint8 RGB frames."""
+        out = []
+        for i in range(0, len(frames), batch_size):
+            emb = self.model.encode_image(self.preprocess(frames[i:i + batch_size]))
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    def token_count(self, text: str) -> int:
+        """Tokens the prompt needs before truncation (to report when the context cuts it off)."""
+        inner = getattr(self.tokenizer, "tokenizer", None)
+        if inner is not None and hasattr(inner, "encode") and not hasattr(self.tokenizer, "encoder"):
+            return len(inner.encode(text))  # HF tokenizer (counts its special tokens)
+        if hasattr(self.tokenizer, "encode"):
+            return len(self.tokenizer.encode(text)) + 2  # open_clip BPE + <start>/<end>
+        return -1
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm text embeddings [N, D]; repeated prompts are encoded once."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing).to(self.device)
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+            self._text_cache.update(zip(missing, emb))
+        return torch.stack([self._text_cache[t] for t in texts])
+
+
+def text_video_cosine(frame_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+    """Mean over frames of cos(frame, text); both inputs unit-norm ([T, D] and [D])."""
+    return float((frame_emb @ text_emb).mean())
+
+
+def temporal_consistency(frame_emb: torch.Tensor) -> float:
+    """Mean cosine between adjacent frame embeddings; 1.0 for a still clip, NaN for one frame."""
+    if len(frame_emb) < 2:
+        return float("nan")
+    return float((frame_emb[1:] * frame_emb[:-1]).sum(-1).mean())
+
+
+def _find_weights(bundle: Path) -> Path | None:
+    for name in _WEIGHT_NAMES:
+        if (bundle / name).is_file():
+            return bundle / name
+    cands = sorted(p for p in bundle.iterdir() if p.suffix in (".safetensors", ".pt", ".pth", ".bin")
+                   and p.name not in ("pytorch_model.bin", "sentencepiece.bpe.model"))
+    return cands[0] if len(cands) == 1 else None
+
+
+def _register_config(model_cfg: dict) -> str:
+    """Register a config with open_clip's own registry under a content-derived name and return that name."""
+    import open_clip
+
+    blob = json.dumps(model_cfg, sort_keys=True)
+    name = f"vidtune-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    if name not in open_clip.list_models():
+        cfg_dir = cache_root().parent / "open_clip_configs"
+        cfg_dir.mkdir(parents=True, exist_ok=True)
+        path = cfg_dir / f"{name}.json"
+        path.write_text(blob)
+        open_clip.add_model_config(path)
+    return name
+
+
+def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: str | None = None,
+              storage: Storage | None = None, device: str = "cpu") -> ClipModel:
+    """Load an open_clip model from a weights file or bundle directory (path or s3:// URI).
+
+    Weights are required: a CLIP score from random weights would look like a number and mean nothing.
+    """
+    import open_clip
+
+    if not weights:
+        raise FailedPrecondition(
+            f"CLIP model {model_name!r} needs weights: pass a weights file or bundle directory (path or s3:// "
+            "URI); real scores need real trained weights, none are downloaded here")
+    local = local_weights(weights, storage)
+    bundle = local if local.is_dir() else None
+    model_cfg, preprocess_cfg, random_weights = None, {}, False
+    if bundle is not None and (bundle / "open_clip_config.json").is_file():
+        raw = json.loads((bundle / "open_clip_config.json").read_text())
+        model_cfg = raw.get("model_cfg", raw)
+        preprocess_cfg = raw.get("preprocess_cfg", {})
+        random_weights = bool(raw.get("vidtune_tiny_random"))
+    if model_cfg is None:
+        model_cfg = open_clip.get_model_config(model_name)
+        if model_cfg is None:
+            raise InvalidArgument(f"CLIP model {model_name!r} is not an open_clip config and {weights} has no "
+                                  "open_clip_config.json")
+    model_cfg = json.loads(json.dumps(model_cfg))
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "hf_model_name" in text_cfg:
+        if bundle is None or not (bundle / "config.json").is_file():
+            raise FailedPrecondition(
+                f"CLIP model {model_name!r} reads text with Hugging Face {text_cfg['hf_model_name']!r}: give a "
+                f"bundle directory holding the CLIP weights plus that model's config.json and tokenizer files "
+                f"({weights} is not one)")
+        # Point the HF text tower and tokenizer at the bundle instead of the hub.
+        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(bundle)
+    ckpt = _find_weights(bundle) if bundle is not None else local
+    if ckpt is None:
+        raise FailedPrecondition(f"no CLIP weights file in {weights} (expected one of {', '.join(_WEIGHT_NAMES)})")
+    name = _register_config(model_cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=str(ckpt), device=device, pretrained_text=False, pretrained_image=False,
+            image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std"))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    pcfg = open_clip.get_model_preprocess_cfg(model)
+    size = pcfg.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    log.info("loaded CLIP %s from %s", model_name, weights)
+    return ClipModel(model=model, tokenizer=tokenizer, image_size=size, mean=tuple(pcfg.get("mean")),
+                     std=tuple(pcfg.get("std")), name=model_name, source=str(weights),
+                     context_length=int(getattr(tokenizer, "context_length", 77) or 77), device=device,
+                     random_weights=random_weights)

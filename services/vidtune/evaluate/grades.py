@@ -1,0 +1,137 @@
+"""Grades, acceptance criteria and the overall quality score, all driven by a YAML config (grades.yaml).
+
+Code only interprets the config, so thresholds change without a release and every report states which
+thresholds it used.
+"""
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+import yaml
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.storage import Storage
+
+DEFAULT_CONFIG = "grades.yaml"
+_OPS = ("min", "max")
+
+
+def default_config_text() -> str:
+    return resources.files("vidtune.evaluate").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
+
+
+def load_config(uri: str | None = None, storage: Storage | None = None) -> dict:
+    """The grades config from a path/URI, or the packaged default; validated so mistakes fail early."""
+    text = (storage or Storage()).read_text(uri) if uri else default_config_text()
+    where = uri or f"packaged {DEFAULT_CONFIG}"
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"{where}: not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise InvalidArgument(f"{where}: expected a mapping at the top level")
+    for key in ("quality", "grades", "acceptance"):
+        if key not in cfg:
+            raise InvalidArgument(f"{where}: missing section {key!r}")
+    weights = cfg["quality"].get("weights", {})
+    if not weights or any(float(w) < 0 for w in weights.values()) or sum(map(float, weights.values())) <= 0:
+        raise InvalidArgument(f"{where}: quality.weights must be non-negative and not all zero")
+    for g in cfg["grades"]:
+        if "grade" not in g:
+            raise InvalidArgument(f"{where}: a grade entry has no 'grade' name: {g}")
+        _check_rules(g.get("rules") or {}, f"{where}: grade {g['grade']}")
+    _check_rules(cfg["acceptance"], f"{where}: acceptance")
+    cfg.setdefault("verdict", {})
+    cfg["verdict"].setdefault("confidence", 0.95)
+    cfg["verdict"].setdefault("bootstrap", 1000)
+    cfg["verdict"].setdefault("lower_is_better", ["flicker", "fvd"])
+    cfg.setdefault("fvd", {})
+    cfg["fvd"].setdefault("size", 224)
+    cfg["fvd"].setdefault("bootstrap", 200)
+    cfg["fvd"].setdefault("min_reliable_clips", 256)
+    cfg["source"] = where
+    return cfg
+
+
+def _check_rules(rules: dict, where: str) -> None:
+    for metric, rule in rules.items():
+        if not isinstance(rule, dict) or not rule or any(op not in _OPS for op in rule):
+            raise InvalidArgument(f"{where}: rule for {metric!r} must be a mapping of min/max, got {rule!r}")
+        for op, v in rule.items():
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{where}: {metric}.{op} must be a number, got {v!r}") from None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def quality_components(metrics: dict, cfg: dict) -> dict[str, float]:
+    """Each quality component in [0, 1] (see grades.yaml); components that cannot be computed are absent."""
+    q = cfg["quality"]
+    out = {}
+    if _finite(metrics.get("clip_cosine")):
+        out["clip"] = max(metrics["clip_cosine"], 0.0)
+    if _finite(metrics.get("temporal_consistency")):
+        out["temporal_consistency"] = min(max(metrics["temporal_consistency"], 0.0), 1.0)
+    if _finite(metrics.get("sharpness_lapvar")):
+        lv = metrics["sharpness_lapvar"]
+        out["sharpness"] = lv / (lv + float(q.get("sharpness_reference", 100.0)))
+    if _finite(metrics.get("colour_diversity")):
+        out["colour_diversity"] = metrics["colour_diversity"]
+    if _finite(metrics.get("flicker")):
+        out["stability"] = 1.0 / (1.0 + metrics["flicker"] / float(q.get("flicker_reference", 2.0)))
+    return out
+
+
+def quality_score(metrics: dict, cfg: dict) -> float:
+    """100 * weighted mean of the available components; NaN when none is available."""
+    comps = quality_components(metrics, cfg)
+    weights = {k: float(w) for k, w in cfg["quality"]["weights"].items() if k in comps}
+    total = sum(weights.values())
+    if total <= 0:
+        return float("nan")
+    return 100.0 * sum(w * comps[k] for k, w in weights.items()) / total
+
+
+def check_rules(metrics: dict, rules: dict) -> list[dict]:
+    """Evaluate min/max rules: one row per rule with status pass / fail / not measured."""
+    rows = []
+    for metric, rule in rules.items():
+        v = metrics.get(metric)
+        for op, limit in rule.items():
+            limit = float(limit)
+            if not _finite(v):
+                status = "not measured"
+            elif (op == "min" and v >= limit) or (op == "max" and v <= limit):
+                status = "pass"
+            else:
+                status = "fail"
+            rows.append({"metric": metric, "op": ">=" if op == "min" else "<=", "limit": limit,
+                         "value": v if _finite(v) else None, "status": status})
+    return rows
+
+
+def grade(metrics: dict, cfg: dict) -> tuple[str, list[dict]]:
+    """The first grade whose measured rules all pass, with those rule rows; the last grade otherwise."""
+    grades = cfg["grades"]
+    for g in grades:
+        rows = check_rules(metrics, g.get("rules") or {})
+        if all(r["status"] != "fail" for r in rows):
+            return str(g["grade"]), rows
+    return str(grades[-1]["grade"]), check_rules(metrics, grades[-1].get("rules") or {})
+
+
+def acceptance(metrics: dict, cfg: dict) -> dict:
+    """{"passed": True | False | None (incomplete), "criteria": rule rows}."""
+    rows = check_rules(metrics, cfg["acceptance"])
+    if any(r["status"] == "fail" for r in rows):
+        passed = False
+    elif any(r["status"] == "not measured" for r in rows):
+        passed = None
+    else:
+        passed = True
+    return {"passed": passed, "criteria": rows}

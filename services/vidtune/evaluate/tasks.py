@@ -1,0 +1,98 @@
+"""Evaluation job kinds: map a submitted spec onto the generate / score / compare cores.
+
+Specs (field names as in protos/vidtune/v1/evaluate.proto; empty/zero values mean "the default"):
+    evaluate.generate  prompts, checkpoints[], output, model, weights, seeds[], height, width, num_frames, steps,
+                       cfg_scale, negative_prompt, fps
+    evaluate.score     videos, output, prompts, clip_model, clip_weights, i3d, reference, sample_frames,
+                       fvd_size, grades
+    evaluate.compare   scores[], output, baseline, grades, no_contact_sheets
+"""
+from __future__ import annotations
+
+from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.jobs import JobContext
+
+
+def _require(spec: dict, *names: str) -> None:
+    missing = [n for n in names if not spec.get(n)]
+    if missing:
+        raise InvalidArgument("; ".join(f"{n}: required" for n in missing))
+
+
+def generation_settings(spec: dict):
+    from .generate import GenerationSettings
+
+    d = GenerationSettings()
+    return GenerationSettings(
+        model=spec.get("model") or d.model, weights=spec.get("weights") or None,
+        seeds=[int(s) for s in spec.get("seeds") or d.seeds], height=int(spec.get("height") or d.height),
+        width=int(spec.get("width") or d.width), num_frames=int(spec.get("num_frames") or d.num_frames),
+        steps=int(spec.get("steps") or d.steps), cfg_scale=float(spec.get("cfg_scale") or d.cfg_scale),
+        negative_prompt=spec.get("negative_prompt") or "", fps=float(spec.get("fps") or d.fps),
+        device=spec.get("device") or d.device, dtype=spec.get("dtype") or d.dtype)
+
+
+def score_settings(spec: dict):
+    from .clipscore import DEFAULT_CLIP_MODEL
+    from .scoring import ScoreSettings
+
+    d = ScoreSettings()
+    return ScoreSettings(
+        clip_model=spec.get("clip_model") or DEFAULT_CLIP_MODEL, clip_weights=spec.get("clip_weights") or None,
+        i3d=spec.get("i3d") or None, reference=spec.get("reference") or None,
+        sample_frames=int(spec.get("sample_frames") or d.sample_frames),
+        fvd_size=int(spec.get("fvd_size") or d.fvd_size), grades=spec.get("grades") or None,
+        device=spec.get("device") or d.device)
+
+
+def spec_errors(kind: str, spec: dict) -> list[str]:
+    """Problems a service can report before queueing the job."""
+    need = {"evaluate.generate": ("prompts", "checkpoints", "output"), "evaluate.score": ("videos", "output"),
+            "evaluate.compare": ("scores", "output")}[kind]
+    errors = [f"{n}: required" for n in need if not spec.get(n)]
+    if kind == "evaluate.generate" and not errors:
+        try:
+            generation_settings(spec).validate()
+        except InvalidArgument as e:
+            errors.append(str(e))
+    return errors
+
+
+def generate(ctx: JobContext) -> dict:
+    from .generate import generate_samples
+
+    _require(ctx.spec, "prompts", "checkpoints", "output")
+    ctx.set_result(videos=ctx.spec["output"])
+    summary = generate_samples(ctx.spec["prompts"], list(ctx.spec["checkpoints"]), ctx.spec["output"],
+                               generation_settings(ctx.spec), ctx.storage, ctx.progress, ctx.check_cancelled,
+                               scratch=ctx.scratch)
+    return {"videos": summary["out"], "generated": summary["generated"], "skipped": summary["skipped"],
+            "failed": len(summary["failed"]), "total": summary["total"]}
+
+
+def score(ctx: JobContext) -> dict:
+    from vidtune.platform.storage import join
+
+    from .scoring import score_videos
+
+    _require(ctx.spec, "videos", "output")
+    out = ctx.spec["output"]
+    ctx.set_result(scores=out)
+    summary = score_videos(ctx.spec["videos"], out, ctx.spec.get("prompts") or None, score_settings(ctx.spec),
+                           ctx.storage, ctx.progress, ctx.check_cancelled)
+    return {"scores": out, "summary": join(out, "summary.json"), "records": join(out, "scores.jsonl"),
+            "scored": summary["counts"]["scored"], "rejected": summary["counts"]["rejected"]}
+
+
+def compare(ctx: JobContext) -> dict:
+    from .compare import compare_scores
+
+    _require(ctx.spec, "scores", "output")
+    scores = ctx.spec["scores"]
+    res = compare_scores([scores] if isinstance(scores, str) else list(scores), ctx.spec["output"],
+                         ctx.spec.get("baseline") or "base", ctx.spec.get("grades") or None, ctx.storage,
+                         contact_sheets=not ctx.spec.get("no_contact_sheets"), progress=ctx.progress)
+    return {"report": res["report"], "markdown": res["markdown"], "json": res["json"]}
+
+
+HANDLERS = {"evaluate.generate": generate, "evaluate.score": score, "evaluate.compare": compare}

@@ -1,0 +1,235 @@
+"""Each metric against an independent reference: closed forms, direct computations, OpenCV, known orderings."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vidtune.evaluate import fvd as fvdlib
+from vidtune.evaluate.clipscore import load_clip, temporal_consistency, text_video_cosine
+from vidtune.evaluate.framestats import colour_entropies, flicker, laplacian_variance
+from vidtune.evaluate.grades import acceptance, grade, load_config, quality_score
+from vidtune.platform.errors import FailedPrecondition, InvalidArgument
+
+from eval_clips import noise_clip, textured_clip
+
+
+# ---------------------------------------------------------------- Frechet distance
+def _closed_form_diag(mu1, s1, mu2, s2) -> float:
+    return float(((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum())
+
+
+def test_frechet_matches_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        d = 12
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+        got = fvdlib.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+        assert got == pytest.approx(_closed_form_diag(mu1, s1, mu2, s2), rel=1e-9, abs=1e-9)
+
+
+def test_frechet_matches_closed_form_for_rotated_commuting_covariances():
+    # S1 = R D1 R^T and S2 = R D2 R^T commute, so the distance equals the diagonal formula on D1, D2.
+    rng = np.random.default_rng(1)
+    d = 16
+    rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    s1, s2 = rng.uniform(0.05, 4, d), rng.uniform(0.05, 4, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    got = fvdlib.frechet_distance(mu1, rot @ np.diag(s1) @ rot.T, mu2, rot @ np.diag(s2) @ rot.T)
+    assert got == pytest.approx(_closed_form_diag(mu1, s1, mu2, s2), rel=1e-8)
+
+
+def test_fvd_of_samples_approaches_the_population_distance():
+    rng = np.random.default_rng(2)
+    d, n = 4, 20000
+    mu2 = np.array([1.0, 0.0, -1.0, 0.5])
+    s1, s2 = np.ones(d), np.array([4.0, 1.0, 0.25, 2.0])
+    a = rng.normal(size=(n, d))
+    b = mu2 + rng.normal(size=(n, d)) * np.sqrt(s2)
+    expected = _closed_form_diag(np.zeros(d), s1, mu2, s2)
+    assert fvdlib.fvd_from_features(a, b) == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize("n,d", [(200, 8), (10, 32), (3, 64)])
+def test_identical_sets_give_zero_and_never_negative(n, d):
+    feats = np.random.default_rng(n).normal(size=(n, d)) * 50  # n < d: singular covariances
+    value = fvdlib.fvd_from_features(feats, feats.copy())
+    assert 0.0 <= value < 1e-6 * max(1.0, float(np.trace(np.cov(feats, rowvar=False))))
+
+
+def test_fvd_is_never_negative_on_random_small_sets():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        a = rng.normal(size=(rng.integers(2, 6), 10))
+        b = a + rng.normal(size=a.shape) * 1e-9
+        assert fvdlib.fvd_from_features(a, b) >= 0.0
+
+
+def test_fvd_ci_brackets_value_and_warns_for_small_sets():
+    rng = np.random.default_rng(4)
+    gen, ref = rng.normal(size=(40, 8)), rng.normal(1.0, 1.0, size=(40, 8))
+    res = fvdlib.fvd_with_ci(gen, ref, n_boot=100)
+    assert res.ci_low <= res.value <= res.ci_high * 1.5  # bootstrap FVD is biased up; the CI still spans it
+    assert res.value > 4.0  # mean shift of 1 in each of 8 dims
+    assert any("small set" in w for w in res.warnings)
+    tiny = fvdlib.fvd_with_ci(gen[:5], ref[:5], n_boot=20)
+    assert any("rank-deficient" in w for w in tiny.warnings)
+    none = fvdlib.fvd_with_ci(gen[:1], ref, n_boot=10)
+    assert math.isnan(none.value) and any("not computed" in w for w in none.warnings)
+
+
+def test_fvd_delta_sign_and_interval():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(60, 6))
+    far = rng.normal(3.0, 1.0, size=(60, 6))
+    near = rng.normal(0.2, 1.0, size=(60, 6))
+    d, lo, hi = fvdlib.fvd_delta_ci(far, near, ref, n_boot=100)
+    assert d < 0 and hi < 0  # moving from far to near lowers FVD, clearly
+
+
+# ---------------------------------------------------------------- I3D loading and preprocessing
+def test_i3d_torchscript_loads_from_object_store_and_gives_features(tiny_i3d_path, storage, bucket):
+    uri = f"{bucket}/models/i3d_torchscript.pt"
+    storage.upload(tiny_i3d_path, uri)
+    model = fvdlib.load_i3d(uri, storage)
+    clip, padded = fvdlib.preprocess_clip(textured_clip(t=9), size=32)
+    assert padded and clip.shape == (3, 16, 32, 32)
+    assert float(clip.min()) >= -1.0 and float(clip.max()) <= 1.0
+    feats = fvdlib.i3d_features(model, torch.stack([clip, clip]))
+    assert feats.shape == (2, 32) and np.allclose(feats[0], feats[1])
+
+
+def test_i3d_missing_or_broken_is_a_clear_error(tmp_path):
+    with pytest.raises(FailedPrecondition, match="I3D"):
+        fvdlib.load_i3d(None)
+    bad = tmp_path / "i3d.pt"
+    bad.write_bytes(b"not a torchscript")
+    with pytest.raises(InvalidArgument, match="i3d.pt"):
+        fvdlib.load_i3d(str(bad))
+
+
+# ---------------------------------------------------------------- CLIP
+def test_clip_cosine_equals_direct_computation_with_open_clip(tiny_clip, tiny_clip_dir):
+    import open_clip
+    from PIL import Image
+
+    prompt = "서울 도심의 야경을 비추는 드론 영상"
+    for frames, tol in ((textured_clip(t=6, h=32, w=32), 1e-5), (textured_clip(t=6, h=48, w=64, seed=3), 2e-2)):
+        ours = text_video_cosine(tiny_clip.encode_frames(frames), tiny_clip.encode_texts([prompt])[0])
+        # Independent path: open_clip's own PIL transform, tokenizer and encoders, one frame at a time.
+        transform = open_clip.image_transform(tiny_clip.image_size, is_train=False, mean=tiny_clip.mean,
+                                              std=tiny_clip.std)
+        with torch.no_grad():
+            txt = tiny_clip.model.encode_text(tiny_clip.tokenizer([prompt]))[0]
+            cos = [torch.nn.functional.cosine_similarity(
+                tiny_clip.model.encode_image(transform(Image.fromarray(f))[None])[0], txt, dim=0).item()
+                for f in frames]
+        assert ours == pytest.approx(float(np.mean(cos)), abs=tol)
+
+
+def test_clip_reads_korean_with_the_multilingual_tokenizer(tiny_clip):
+    tokens = tiny_clip.tokenizer(["고양이가 소파 위에서 잠을 자고 있다"])[0]
+    unk = 3  # XLM-R's <unk>
+    content = tokens[(tokens != 1)]  # drop padding
+    assert len(content) > 4 and (content == unk).sum() == 0
+    assert tiny_clip.token_count("고양이") > 0
+
+
+def test_clip_loads_bundle_from_object_store(tiny_clip_dir, storage, bucket):
+    for f in tiny_clip_dir.iterdir():
+        storage.upload(f, f"{bucket}/clip/{f.name}")
+    model = load_clip(weights=f"{bucket}/clip", storage=storage)
+    frames = textured_clip(t=2, h=32, w=32)
+    assert model.encode_frames(frames).shape == (2, 32)
+
+
+def test_clip_without_weights_or_tokenizer_files_fails_clearly(tmp_path, tiny_clip_dir):
+    with pytest.raises(FailedPrecondition, match="real scores need real trained weights"):
+        load_clip(weights=None)
+    only_weights = tmp_path / "w.safetensors"
+    only_weights.write_bytes((tiny_clip_dir / "open_clip_model.safetensors").read_bytes())
+    with pytest.raises(FailedPrecondition, match="tokenizer"):
+        load_clip("xlm-roberta-base-ViT-B-32", weights=str(only_weights))
+
+
+def test_temporal_consistency_of_still_clip_above_noise(tiny_clip):
+    still = np.repeat(textured_clip(t=1, h=32, w=32), 8, axis=0)
+    noise = noise_clip(t=8, h=32, w=32)
+    tc_still = temporal_consistency(tiny_clip.encode_frames(still))
+    tc_noise = temporal_consistency(tiny_clip.encode_frames(noise))
+    assert tc_still == pytest.approx(1.0, abs=1e-5)
+    assert tc_still > tc_noise
+
+
+# ---------------------------------------------------------------- pixel statistics
+def test_laplacian_variance_equals_opencv():
+    frames = textured_clip(t=3)
+    ref = [cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames]
+    assert np.allclose(laplacian_variance(frames), ref, rtol=1e-9)
+
+
+def test_sharpness_falls_as_clip_is_blurred():
+    frames = textured_clip(t=4)
+    values = [float(laplacian_variance(frames).mean())]
+    for sigma in (0.8, 1.5, 3.0, 6.0):
+        blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in frames])
+        values.append(float(laplacian_variance(blurred).mean()))
+    assert all(a > b for a, b in zip(values, values[1:])), values
+
+
+def test_colour_entropy_single_hue_vs_noise():
+    red = np.zeros((4, 16, 16, 3), np.uint8)
+    red[..., 0] = 200
+    hue_red, sat_red = colour_entropies(red)
+    hue_noise, sat_noise = colour_entropies(noise_clip(t=4))
+    assert hue_red == 0.0 and sat_red == 0.0
+    assert hue_noise > 0.95 and sat_noise > 0.8
+    grey = np.full((2, 8, 8, 3), 128, np.uint8)
+    assert colour_entropies(grey)[0] == 0.0  # grey has no hue
+
+
+def test_flicker_sees_oscillation_not_fades():
+    t = 12
+    fade = np.stack([np.full((8, 8, 3), 10 + 15 * i, np.uint8) for i in range(t)])
+    strobe = np.stack([np.full((8, 8, 3), 100 + (40 if i % 2 else 0), np.uint8) for i in range(t)])
+    assert flicker(fade) == pytest.approx(0.0, abs=0.5)
+    assert flicker(strobe) == pytest.approx(40.0, abs=0.5)
+    assert math.isnan(flicker(fade[:2]))
+
+
+# ---------------------------------------------------------------- grades from config
+def test_grades_and_acceptance_follow_the_config(tmp_path):
+    cfg = load_config()
+    good = {"clip_cosine": 0.36, "fvd": 400.0, "quality": 80.0}
+    assert grade(good, cfg)[0] == "S"
+    assert grade({**good, "clip_cosine": 0.31}, cfg)[0] == "B"
+    assert grade({**good, "fvd": 5000.0}, cfg)[0] == "D"
+    assert acceptance({"clip_cosine": 0.3, "fvd": 1140.0}, cfg)["passed"] is True
+    assert acceptance({"clip_cosine": 0.29, "fvd": 100.0}, cfg)["passed"] is False
+    assert acceptance({"clip_cosine": 0.5}, cfg)["passed"] is None  # fvd not measured: incomplete
+
+    custom = tmp_path / "grades.yaml"
+    custom.write_text("""
+quality: {weights: {clip: 1.0}}
+grades:
+  - {grade: A, rules: {clip_cosine: {min: 0.5}}}
+  - {grade: Z, rules: {}}
+acceptance: {clip_cosine: {min: 0.5}}
+""")
+    cfg2 = load_config(str(custom))
+    assert grade(good, cfg2)[0] == "Z" and grade({"clip_cosine": 0.6}, cfg2)[0] == "A"
+    assert quality_score({"clip_cosine": 0.25, "sharpness_lapvar": 1e9}, cfg2) == pytest.approx(25.0)
+    # Unmeasured components drop out and the weights renormalise.
+    assert quality_score({"clip_cosine": 0.5}, cfg) == pytest.approx(50.0)
+
+
+def test_bad_grade_config_is_rejected_with_reason(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("quality: {weights: {clip: 1}}\ngrades: [{grade: A, rules: {clip_cosine: {atleast: 1}}}]\n"
+                   "acceptance: {}\n")
+    with pytest.raises(InvalidArgument, match="min/max"):
+        load_config(str(bad))
