@@ -60,6 +60,109 @@ def transcode_stage(storage: Storage, archive_uri: str) -> dict:
     return result
 
 
+def quality_stage(storage: Storage, items: list, archive_uri: str, transcode: dict) -> dict:
+    """Labels + the transcode report -> a listing of model-ready media, then ingest/probe/filter/stats/
+    split/export as one job of the quality service. Items whose transcode failed keep their raw URI, so
+    the quality report accounts for them too (rejected, with the reason)."""
+    from vidtune.v1 import quality_pb2, quality_pb2_grpc
+
+    say("quality: ingest labels, probe and score the clips, filter with the default rules, statistics, export")
+    outputs = {}
+    for line in storage.read_text(transcode["report"]).splitlines():
+        row = json.loads(line)
+        outputs[row["input"]] = row["output"] if row["status"] == "ok" else row["input"]
+    listing = []
+    for it in items:
+        raw = join(archive_uri, it.file)
+        listing.append({"id": it.id, "file_path": outputs.get(raw, raw), "caption": it.caption,
+                        "category": it.category, "media_type": it.media_type, "width": it.width,
+                        "height": it.height, "duration": it.duration})
+    listing_uri = join(BUCKET, "listings", "archive-wan-720p.jsonl")
+    storage.write_text(listing_uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in listing))
+    out = join(BUCKET, "quality", "archive-wan-720p")
+    with ServiceClient("quality") as c:
+        job = c.stub(quality_pb2_grpc.QualityServiceStub).SubmitRun(quality_pb2.RunQualityRequest(
+            source=listing_uri, output=out, root=join(BUCKET, "transcoded/wan-720p"), val_ratio=0.15, seed=0,
+            workers=2), metadata=c.metadata, timeout=30)
+        follow(c, job)
+    import io
+
+    import pyarrow.parquet as pq
+
+    clean = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "clean.parquet")))).to_pylist()
+    rejected = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "rejected.parquet")))).to_pylist()
+    print(f"{len(listing)} rows in = {len(clean)} clean + {len(rejected)} rejected")
+    for row in rejected:
+        print(f"  rejected {row['id']}: {'; '.join(row['reasons'])[:150]}")
+    return {"output": out, "export": join(out, "export"), "clean": clean}
+
+
+def train_stage(storage: Storage, dataset: str) -> dict:
+    from vidtune.v1 import train_pb2, train_pb2_grpc
+
+    say("train: LoRA on the tiny Wan (real DiffSynth classes, random weights) with the cpu-tiny preset")
+    out = join(BUCKET, "runs", "demo-lora")
+    with ServiceClient("train") as c:
+        job = c.stub(train_pb2_grpc.TrainServiceStub).SubmitTrain(train_pb2.TrainRequest(
+            preset="cpu-tiny", dataset=dataset, output=out), metadata=c.metadata, timeout=30)
+        rec = follow(c, job)
+    result = rec["result"]
+    print(f"  {int(result['steps'])} steps, final loss {result['final_loss']:.4f}; LoRA {result['lora']}")
+    print(f"  checkpoints: {', '.join(f'epoch-{e}' for e in sorted(result.get('epochs', [])))} under "
+          f"{join(out, 'checkpoints')}/ (DiffSynth keys, and *.comfyui.safetensors for ComfyUI)")
+    return result
+
+
+def evaluate_stage(storage: Storage, run: dict, quality: dict, local_dir: Path) -> str:
+    """Tiny base vs tiny LoRA (every epoch): generate, score against the clean clips of the same
+    categories, compare; returns the local path of the HTML report."""
+    from vidtune.evaluate.demo import prepare_tiny_metric_models
+    from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
+
+    say("evaluate: generate from base and every LoRA epoch, score, compare (tiny random metric models)")
+    root = join(BUCKET, "eval", "demo-lora")
+    clip_uri, i3d_uri = prepare_tiny_metric_models(root, storage)
+    clean_videos = [r for r in quality["clean"] if r["media_type"] == "video"]
+    by_category: dict[str, dict] = {}
+    for r in clean_videos:
+        by_category.setdefault(r["category"], r)
+    prompts = [{"id": f"p{i}", "prompt": r["caption"][:300], "category": cat}
+               for i, (cat, r) in enumerate(sorted(by_category.items()))][:3]
+    storage.write_text(join(root, "prompts.jsonl"), "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    reference = join(root, "reference.jsonl")
+    storage.write_text(reference, "".join(json.dumps({"video": join(BUCKET, "transcoded/wan-720p", r["media"])
+                                                      if not r["media"].startswith("s3://") else r["media"],
+                                                      "category": r["category"]}, ensure_ascii=False) + "\n"
+                                          for r in clean_videos))
+    with ServiceClient("evaluate") as c:
+        stub = c.stub(evaluate_pb2_grpc.EvaluateServiceStub)
+        follow(c, stub.SubmitGenerate(evaluate_pb2.GenerateRequest(
+            prompts=join(root, "prompts.jsonl"), checkpoints=["base", join(run["output"], "checkpoints") + "/"],
+            output=join(root, "videos"), seeds=[0, 1, 2], num_frames=17, steps=4), metadata=c.metadata, timeout=30))
+        follow(c, stub.SubmitScore(evaluate_pb2.ScoreRequest(
+            videos=join(root, "videos") + "/", output=join(root, "scores"), clip_weights=clip_uri, i3d=i3d_uri,
+            reference=reference, fvd_size=64), metadata=c.metadata, timeout=30))
+        rec = follow(c, stub.SubmitCompare(evaluate_pb2.CompareRequest(
+            scores=[join(root, "scores")], output=join(root, "report")), metadata=c.metadata, timeout=30))
+    report = rec["result"].get("report", join(root, "report", "report.html"))
+    local = download_prefix(storage, join(root, "report"), local_dir / "evaluation")
+    print(f"  report: {report}")
+    return str(local / "report.html")
+
+
+REPORT_FILES = (".html", ".md", ".json", ".png")
+
+
+def download_prefix(storage: Storage, prefix: str, local: Path) -> Path:
+    """Copy a report (pages, figures, JSON) from the object store, so a browser can open it from disk."""
+    prefix = prefix.rstrip("/") + "/"
+    for uri in storage.list(prefix):
+        rel = uri[len(prefix):]
+        if rel.endswith(REPORT_FILES) and (rel.count("/") == 0 or rel.startswith("figures/")):
+            storage.download(uri, local / rel)
+    return local
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidtune-demo", description=__doc__)
     parser.add_argument("--out", default="demo-out", help="local directory for the archive and reports")
@@ -79,13 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage = Storage(S3Config.from_env())
         say("making a sample archive (Korean captions, 1080p/720p/portrait/10-bit clips, stills, damaged files)")
-        items = make_archive(out / "archive", scale=0.5)
+        items = make_archive(out / "archive")
         archive_uri = join(BUCKET, "archive")
         for path in sorted((out / "archive").rglob("*")):
             if path.is_file():
                 storage.upload(path, join(archive_uri, str(path.relative_to(out / "archive"))))
         print(f"  {len(items)} items ({sum(i.damaged for i in items)} damaged) uploaded to {archive_uri}/")
-        transcode_stage(storage, archive_uri)
+        transcode = transcode_stage(storage, archive_uri)
+        quality = quality_stage(storage, items, archive_uri, transcode)
+        run = train_stage(storage, quality["export"])
+        report = evaluate_stage(storage, run, quality, out)
+        local_q = download_prefix(storage, quality["output"], out / "quality")
+        local_t = download_prefix(storage, run["output"], out / "training")
+        say("reports (open in a browser)")
+        print(f"  quality statistics  {local_q / 'stats.html'}")
+        print(f"  quality filter      {local_q / 'filter.html'}")
+        print(f"  training            {local_t / 'report.html'}")
+        print(f"  evaluation          {report}")
     finally:
         if not args.keep_running:
             say("stopping the stack")

@@ -65,3 +65,15 @@ def test_one_prompt_uses_a_t_interval_over_seeds_and_one_seed_is_unchanged(cfg):
 def test_checkpoint_order_puts_base_first_and_epochs_numerically():
     assert checkpoint_order(["epoch-10", "epoch-2", "base", "other", "epoch-0"]) == \
         ["base", "epoch-0", "epoch-2", "epoch-10", "other"]
+
+
+def test_a_real_but_negligible_change_is_unchanged(cfg):
+    rng = np.random.default_rng(0)
+    a, b = _pair(shift=0.05, noise=0.001)     # CI excludes 0, but 0.1% of a value of ~50
+    d = paired_delta(_records("base", a), _records("epoch-1", b), "quality", "overall", "all", "base", "epoch-1",
+                     cfg, rng)
+    assert d.ci_low > 0 and d.verdict == "unchanged"
+    cfg["verdict"]["min_relative_change"] = 0.0
+    d = paired_delta(_records("base", a), _records("epoch-1", b), "quality", "overall", "all", "base", "epoch-1",
+                     cfg, rng)
+    assert d.verdict == "improved"

@@ -7,7 +7,8 @@ interval comes from
     drawn prompt), `verdict.bootstrap` resamples;
   - one prompt: a Student-t interval over its seeds (needs two or more seeds).
 "improved" when the interval lies entirely on the better side of 0, "worse" when entirely on the worse side,
-"unchanged" otherwise (including when there are too few samples to form an interval). FVD deltas use a
+"unchanged" otherwise (including when there are too few samples to form an interval, and when the change is
+smaller than `verdict.min_relative_change` of A's value: real but too small to matter). FVD deltas use a
 bootstrap over generated clips (paired by prompt and seed) and reference clips (fvd.fvd_delta_ci).
 """
 from __future__ import annotations
@@ -66,8 +67,8 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def verdict_of(lo: float, hi: float, lower_is_better: bool) -> str:
-    if not (_finite(lo) and _finite(hi)):
+def verdict_of(lo: float, hi: float, lower_is_better: bool, negligible: bool = False) -> str:
+    if negligible or not (_finite(lo) and _finite(hi)):
         return "unchanged"
     better_side = hi < 0 if lower_is_better else lo > 0
     worse_side = lo > 0 if lower_is_better else hi < 0
@@ -95,6 +96,12 @@ def interval_of_pairs(diffs_by_prompt: dict[str, list[float]], confidence: float
 
     half = stats.t.ppf(1 - a, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     return float(d.mean() - half), float(d.mean() + half), f"t-interval over {len(d)} seeds"
+
+
+def negligible(delta: float, base: float, cfg: dict) -> bool:
+    """A change below `verdict.min_relative_change` of the base value does not count as a verdict."""
+    rel = float(cfg["verdict"].get("min_relative_change", 0.0))
+    return _finite(delta) and _finite(base) and abs(delta) < rel * abs(base)
 
 
 def paired_delta(recs_a: list[dict], recs_b: list[dict], metric: str, scope: str, group: str, a: str, b: str,
@@ -128,7 +135,7 @@ def paired_delta(recs_a: list[dict], recs_b: list[dict], metric: str, scope: str
     delta = mean_b - mean_a
     pct = 100.0 * delta / abs(mean_a) if mean_a else float("nan")
     return Delta(metric, scope, group, a, b, mean_a, mean_b, delta, pct, lo, hi, n,
-                 verdict_of(lo, hi, lower), note)
+                 verdict_of(lo, hi, lower, negligible(delta, mean_a, cfg)), note)
 
 
 def _load_scores(scores: list[str], storage: Storage) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
@@ -239,7 +246,8 @@ def _fvd_deltas(a: str, b: str, by_ck: dict, ref_index: list[dict], cfg: dict, s
         d, lo, hi = fvdlib.fvd_delta_ci(ga, gb, np.stack(ref), n_boot=n_boot, confidence=conf, seed=seed)
         va = fvdlib.fvd_from_features(ga, np.stack(ref))
         out.append(Delta("fvd", "overall" if cat == "all" else "category", cat, a, b, va, va + d, d,
-                         100.0 * d / va if va else float("nan"), lo, hi, len(ks), verdict_of(lo, hi, lower),
+                         100.0 * d / va if va else float("nan"), lo, hi, len(ks),
+                         verdict_of(lo, hi, lower, negligible(d, va, cfg)),
                          "paired bootstrap over generated and reference clips"))
     return out
 

@@ -46,6 +46,7 @@ def load_config(uri: str | None = None, storage: Storage | None = None) -> dict:
     cfg["verdict"].setdefault("confidence", 0.95)
     cfg["verdict"].setdefault("bootstrap", 1000)
     cfg["verdict"].setdefault("lower_is_better", ["flicker", "fvd"])
+    cfg["verdict"].setdefault("min_relative_change", 0.0)
     cfg.setdefault("fvd", {})
     cfg["fvd"].setdefault("size", 224)
     cfg["fvd"].setdefault("bootstrap", 200)
