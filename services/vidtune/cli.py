@@ -9,6 +9,10 @@ import sys
 
 from vidtune.platform.errors import InvalidArgument, NotFound, VidtuneError
 
+# Services start subprocesses (ffmpeg, workers) next to gRPC's threads; gRPC's fork handlers are not
+# wanted for that and are read once, when grpc is first imported, so this must come before any import of it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from vidtune.registry import available, module
@@ -77,16 +81,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def worker_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 when run alone."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        raise InvalidArgument(f"RANK={os.environ['RANK']!r} is not a number") from None
+
+
 def cmd_worker(args) -> int:
-    from vidtune.platform.jobs import TERMINAL, JobStore, execute
+    from vidtune.platform.jobs import TERMINAL, execute
     from vidtune.platform.server import setup_logging
-    from vidtune.platform.settings import jobs_root
     from vidtune.platform.storage import Storage
     from vidtune.registry import module
 
     setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
     storage = Storage()
-    store = JobStore(storage, jobs_root(), args.service)
+    store = _worker_store(storage, args.service)
     try:
         record = store.load(args.job_id)
     except NotFound:
@@ -96,7 +107,7 @@ def cmd_worker(args) -> int:
     if record["state"] in TERMINAL:
         print(f"job {args.job_id} is already {record['state']}", file=sys.stderr)
         return 0 if record["state"] == "SUCCEEDED" else 1
-    if record["state"] == "RUNNING":  # a previous pod died mid-run: continue where its outputs stop
+    if record["state"] == "RUNNING":  # a previous pod died mid-run, or rank 0 started it: continue
         from vidtune.platform.jobs import QUEUED, transition
 
         transition(record, QUEUED)
@@ -105,6 +116,20 @@ def cmd_worker(args) -> int:
     print(json.dumps({"id": record["id"], "state": record["state"], "result": record["result"],
                       "error": record["error"]}, ensure_ascii=False))
     return 0 if record["state"] == "SUCCEEDED" else 1
+
+
+def _worker_store(storage, service: str):
+    """The store a worker keeps its record in. Under torchrun every rank runs the handler (training needs
+    them all), but only rank 0 owns the record: the others read it and work on a private copy, so one job
+    never has several writers."""
+    from vidtune.platform.jobs import JobStore
+    from vidtune.platform.settings import jobs_root
+
+    class ReadOnlyJobStore(JobStore):
+        def save(self, record: dict) -> None:
+            pass  # state and progress are rank 0's to report
+
+    return (JobStore if worker_rank() == 0 else ReadOnlyJobStore)(storage, jobs_root(), service)
 
 
 def _record_from_spec(storage, store, args) -> dict:

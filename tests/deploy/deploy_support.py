@@ -117,12 +117,35 @@ def pod_specs(obj: dict) -> list[dict]:
     return []
 
 
-def job_templates(objects: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """Worker Job templates carried inside ConfigMaps, parsed as objects of their own."""
+def container_env(container: dict, namespace: str = NAMESPACE) -> dict[str, str]:
+    """A container's env as the process would see it (the downward-API namespace filled in)."""
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[e["name"]] = namespace
+    return env
+
+
+# The job kind each job-launching service is exercised with: its heaviest, GPU work.
+LAUNCHER_KINDS = {"train": "train.run", "evaluate": "evaluate.generate"}
+
+
+def worker_jobs(objects: list[tuple[str, dict]], namespace: str = NAMESPACE) -> list[tuple[str, dict]]:
+    """The worker Job each job-launching Deployment would create, built by vidtune's own code from the
+    VIDTUNE_K8S_* env the chart gives it (a job with the cluster's default GPU count)."""
+    from vidtune.platform import kube
+    from vidtune.platform.jobs import new_record
+
     out = []
     for path, obj in objects:
-        if obj["kind"] == "ConfigMap":
-            for key, text in (obj.get("data") or {}).items():
-                if key.endswith(".yaml"):
-                    out.extend((f"{path}#{key}", doc) for doc in parse_docs(text))
+        component = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if obj["kind"] != "Deployment" or component not in LAUNCHER_KINDS:
+            continue
+        env = container_env(obj["spec"]["template"]["spec"]["containers"][0], namespace)
+        assert env.get("VIDTUNE_KUBERNETES") == "1", f"{path}: {component} is not told to launch Jobs"
+        settings = kube.ClusterSettings.from_env(env)
+        record = new_record(component, LAUNCHER_KINDS[component], {}, backend="kubernetes")
+        out.append((f"{path}#{component}-worker-job", kube.manifest(kube.worker_job(record, settings))))
     return out

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from deploy_support import (CHART, GRPC_TOKEN, KUBE_VERSIONS, PROFILES, S3_ACCESS, S3_SECRET, job_templates, pod_specs,
-                       profile_values, render, schema_errors)
+from deploy_support import (CHART, GRPC_TOKEN, KUBE_VERSIONS, NAMESPACE, PROFILES, S3_ACCESS, S3_SECRET, container_env,
+                            pod_specs, profile_values, render, schema_errors, worker_jobs)
 
 SERVICES = {"transcode": 50051, "quality": 50052, "train": 50053, "evaluate": 50054}
 V100_SELECTOR = ("nvidia.com/gpu.product", "Tesla-V100-SXM2-32GB")
@@ -26,9 +26,10 @@ def deployment(objects, component):
 
 
 def all_pod_specs(objects):
-    """Every pod spec the release runs: workloads, hooks, the helm test pod and the worker Job template."""
+    """Every pod spec the release runs: workloads, hooks, the helm test pod and the worker Jobs the services
+    build from the chart's settings."""
     specs = []
-    for path, obj in list(objects) + job_templates(objects):
+    for path, obj in list(objects) + worker_jobs(objects):
         specs.extend((f"{path}:{obj['kind']}/{obj['metadata'].get('name') or obj['metadata'].get('generateName')}", s)
                      for s in pod_specs(obj))
     return specs
@@ -47,8 +48,8 @@ def test_chart_lints_strictly(name):
 
 
 def test_every_rendered_object_matches_the_kubernetes_schemas(rendered):
-    objects = list(rendered) + job_templates(rendered)
-    assert len(objects) > 15
+    objects = list(rendered) + worker_jobs(rendered)
+    assert len(objects) > 15 and len(worker_jobs(rendered)) == 2
     failures = []
     for version in KUBE_VERSIONS:
         for path, obj in objects:
@@ -86,13 +87,14 @@ def test_gpu_workloads_carry_the_v100_selector_and_gpu_limits(rendered):
                  if any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {}) for c in spec["containers"])]
     components = {where for where, _ in gpu_specs}
     assert any("train" in w for w in components) and any("evaluate" in w for w in components), components
-    assert any("job-template" in w for w in components), "the worker Job template must ask for GPUs"
+    assert sum("worker-job" in w for w in components) == 2, "the worker Jobs must ask for GPUs"
     for where, spec in gpu_specs:
         assert spec.get("nodeSelector", {}).get(V100_SELECTOR[0]) == V100_SELECTOR[1], where
         assert any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])), where
         for c in spec["containers"]:
             limit = c["resources"]["limits"].get("nvidia.com/gpu")
-            assert isinstance(limit, int) and limit >= 1, (where, limit)
+            # the chart writes an integer, the kubernetes client a quantity string
+            assert str(limit).isdigit() and int(limit) >= 1, (where, limit)
             assert c["resources"].get("requests", {}).get("nvidia.com/gpu", limit) == limit, where
             assert c["image"].endswith("-cu126"), (where, c["image"])
 
@@ -124,12 +126,15 @@ def test_gpu_profile_moves_transcode_to_nvenc_and_enables_scheduling_extras():
     env = {e["name"]: e.get("value") for e in transcode["containers"][0]["env"]}
     assert env["VIDTUNE_TRANSCODE_ENCODER"] == "h264_nvenc"
     (pc,) = by_kind(objects, "PriorityClass")
-    (template,) = [o for _, o in job_templates(objects)]
-    assert template["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "vidtune-v100"
-    assert template["spec"]["suspend"] is True  # Kueue admits suspended Jobs
-    assert template["spec"]["template"]["spec"]["priorityClassName"] == pc["metadata"]["name"]
-    limits = template["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == 8
+    for _, job in worker_jobs(objects):
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "vidtune-v100"
+        assert job["spec"]["suspend"] is True  # Kueue admits suspended Jobs
+        assert job["spec"]["activeDeadlineSeconds"] == 604800
+        pod = job["spec"]["template"]["spec"]
+        assert pod["priorityClassName"] == pc["metadata"]["name"]
+        (container,) = pod["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert container["command"] == ["torchrun"] and "--nproc_per_node=8" in container["args"]
 
 
 # --- probes --------------------------------------------------------------------------------------------
@@ -173,11 +178,11 @@ def test_vidtune_containers_have_cache_and_training_pods_have_memory_shm(rendere
     for where, spec in all_pod_specs(rendered):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in spec["containers"]:
-            if c.get("command") != ["vidtune"] or c["args"][0] == "health":
+            if c["name"] != "worker" and (c.get("command") != ["vidtune"] or c["args"][0] == "health"):
                 continue
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             assert "/var/cache/vidtune" in mounts, where
-            if c["args"][0] == "worker" or c["args"][:2] in (["serve", "train"], ["serve", "evaluate"]):
+            if c["name"] == "worker" or c["args"][:2] in (["serve", "train"], ["serve", "evaluate"]):
                 shm = volumes[mounts["/dev/shm"]]
                 assert shm["emptyDir"]["medium"] == "Memory", where
 
@@ -245,7 +250,7 @@ def test_credentials_reach_containers_only_through_secret_references():
         for c in spec["containers"]:
             for e in c.get("env", []):
                 if any(w in e["name"] for w in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")) \
-                        and not e["name"].endswith(("_FILE", "_DIR", "_K8S_S3_SECRET")):
+                        and not e["name"].endswith(("_FILE", "_DIR", "_K8S_S3_SECRET", "_K8S_IMAGE_PULL_SECRETS")):
                     assert "secretKeyRef" in e.get("valueFrom", {}), (where, e["name"])
 
 
@@ -302,24 +307,75 @@ def test_bucket_hook_creates_every_bucket():
 # --- what the services are told ------------------------------------------------------------------------
 
 def test_job_launching_services_get_a_consistent_worker_configuration():
-    _, objects = render(profile_values("gpu"))
-    (template,) = [o for _, o in job_templates(objects)]
-    pod = template["spec"]["template"]["spec"]
+    """The services build worker Jobs from VIDTUNE_K8S_*: those must carry the chart's values."""
+    values = profile_values("gpu")
+    values["imagePullSecrets"] = [{"name": "regcred"}]
+    _, objects = render(values)
+    jobs = dict(worker_jobs(objects))
+    (pc,) = by_kind(objects, "PriorityClass")
     for name in ("train", "evaluate"):
         spec = deployment(objects, name)["spec"]["template"]["spec"]
-        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        container = spec["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["VIDTUNE_KUBERNETES"]["value"] == "1"
         assert env["VIDTUNE_K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-        assert env["VIDTUNE_K8S_IMAGE"]["value"] == pod["containers"][0]["image"]
-        assert json.loads(env["VIDTUNE_K8S_NODE_SELECTOR"]["value"]) == pod["nodeSelector"]
-        assert json.loads(env["VIDTUNE_K8S_TOLERATIONS"]["value"]) == pod["tolerations"]
-        assert json.loads(env["VIDTUNE_K8S_RESOURCES"]["value"]) == pod["containers"][0]["resources"]
-        assert env["VIDTUNE_K8S_SERVICE_ACCOUNT"]["value"] == pod["serviceAccountName"]
-        assert env["VIDTUNE_K8S_QUEUE_NAME"]["value"] == "vidtune-v100"
-        assert env["VIDTUNE_K8S_JOB_TEMPLATE"]["value"] == "/etc/vidtune/job-template.yaml"
-        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
-        assert "/etc/vidtune" in mounts
-    assert pod["automountServiceAccountToken"] is False
-    assert "auth-token" not in {v["name"] for v in pod["volumes"]}, "workers serve no gRPC: no token"
+        assert "VIDTUNE_K8S_JOB_TEMPLATE" not in env, "Jobs come from the code's builder, not a template"
+        assert "/etc/vidtune" not in {m["mountPath"] for m in container["volumeMounts"]}
+        (job,) = [j for where, j in jobs.items() if where.endswith(f"#{name}-worker-job")]
+        pod = job["spec"]["template"]["spec"]
+        (worker,) = pod["containers"]
+        assert job["metadata"]["namespace"] == NAMESPACE
+        assert worker["image"] == "ghcr.io/vidtune/vidtune:0.1.0-cu126" == env["VIDTUNE_K8S_IMAGE"]["value"]
+        assert pod["nodeSelector"] == dict([V100_SELECTOR])
+        assert pod["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+        assert worker["resources"] == {"limits": {"cpu": "64", "memory": "480Gi", "nvidia.com/gpu": "8"},
+                                       "requests": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "8"}}
+        assert pod["serviceAccountName"] == "vidtune-worker" and pod["automountServiceAccountToken"] is False
+        assert pod["priorityClassName"] == pc["metadata"]["name"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert worker["envFrom"] == [{"configMapRef": {"name": "vidtune-env"}}]
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
+        assert shm == {"medium": "Memory", "sizeLimit": "64Gi"}
+        assert "auth-token" not in {v["name"] for v in pod["volumes"]}, "workers serve no gRPC: no token"
+        # The release's selector labels let the MinIO NetworkPolicy admit the worker.
+        (minio_policy,) = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"].endswith("-minio")]
+        allowed = minio_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        assert allowed.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_worker_job_from_the_train_env_is_placed_secured_and_valid():
+    """The Job the train service would start with the chart's default settings, end to end."""
+    from kubernetes_validate import validate
+
+    from vidtune.platform import kube
+    from vidtune.platform.jobs import new_record
+
+    _, objects = render({})
+    train = deployment(objects, "train")["spec"]["template"]["spec"]["containers"][0]
+    settings = kube.ClusterSettings.from_env(container_env(train))
+    record = new_record("train", "train.run", {}, backend="kubernetes")
+    job = kube.manifest(kube.worker_job(record, settings))
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["nodeSelector"] == dict([V100_SELECTOR])
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    # credentials: the Secret is mounted as files, nothing from it is inlined in env
+    secret_mount = mounts[kube.S3_SECRET_DIR]
+    assert secret_mount["readOnly"] is True
+    assert volumes[secret_mount["name"]]["secret"]["secretName"] == "vidtune-s3"
+    assert not [e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {}) or "KEY" in e["name"]]
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["ttlSecondsAfterFinished"] == 86400
+    assert job["metadata"]["labels"]["vidtune.io/job-id"] == record["id"]
+    assert c["args"] == ["worker", "--service", "train", "--job-id", record["id"]]
+    for version in KUBE_VERSIONS:
+        validate(job, version, strict=True)
 
 
 def test_notes_tell_how_to_reach_the_services_and_submit_a_job():

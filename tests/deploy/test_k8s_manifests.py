@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from deploy_support import K8S, KUBE_VERSIONS, ROOT, job_templates, kustomize_resources, parse_docs, pod_specs, \
+from deploy_support import K8S, KUBE_VERSIONS, ROOT, container_env, kustomize_resources, parse_docs, pod_specs, \
     schema_errors
 
 
@@ -36,7 +36,7 @@ def test_kubectl_apply_f_reads_only_manifests():
 
 
 def test_every_manifest_matches_the_kubernetes_schemas():
-    objects = base_objects() + job_templates(base_objects())
+    objects = base_objects()
     objects += [(str(p.relative_to(ROOT)), d) for p in job_files() for d in parse_docs(p.read_text())]
     assert len(objects) >= 17
     failures = [f"{v} {path} {obj['kind']}: {e}" for v in KUBE_VERSIONS for path, obj in objects
@@ -79,13 +79,56 @@ def test_training_job_runs_a_worker_on_v100():
     (job,) = parse_docs((K8S / "jobs" / "train-job.yaml").read_text())
     (pod,) = pod_specs(job)
     (container,) = pod["containers"]
-    assert container["args"] == ["worker", "--service", "$(VIDTUNE_WORKER_SERVICE)", "--job-id", "$(VIDTUNE_JOB_ID)"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["VIDTUNE_WORKER_SERVICE"] == "train" and env["VIDTUNE_JOB_ID"]
+    # The spec's preset takes two GPUs: one worker process per GPU under torchrun.
+    assert container["command"] == ["torchrun"]
+    assert container["args"][:4] == ["--standalone", "--nproc_per_node=2", "--no-python", "vidtune"]
+    assert container["args"][4:] == ["worker", "--service", "train", "--job-id", "$(VIDTUNE_JOB_ID)",
+                                     "--spec", "$(VIDTUNE_SPEC)", "--kind", "train.run"]
+    assert env["VIDTUNE_JOB_ID"] == job["metadata"]["labels"]["vidtune.io/job-id"]
+    assert env["VIDTUNE_SPEC"].startswith("s3://") and env["VIDTUNE_SPEC"].endswith(".yaml")
     assert pod["nodeSelector"]["nvidia.com/gpu.product"].startswith("Tesla-V100")
-    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 2
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
+    assert job["spec"]["activeDeadlineSeconds"] > 0 and job["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+def test_jobs_use_the_settings_the_base_gives_the_services():
+    """The kubectl Jobs and the Jobs the train service starts come from the same builder and settings."""
+    from vidtune.platform import kube
+
+    train = next(o for _, o in base_objects() if o["kind"] == "Deployment" and o["metadata"]["name"] == "vidtune-train")
+    settings = kube.ClusterSettings.from_env(container_env(train["spec"]["template"]["spec"]["containers"][0]))
+    (job,) = parse_docs((K8S / "jobs" / "train-job.yaml").read_text())
+    (pod,) = pod_specs(job)
+    assert pod["serviceAccountName"] == settings.service_account
+    assert pod["containers"][0]["image"] == settings.image
+    assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": settings.config_map}}]
+    assert next(v for v in pod["volumes"] if v["name"] == "s3-credentials")["secret"]["secretName"] == settings.s3_secret
+    assert settings.labels.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert not [o for _, o in base_objects() if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("template")]
+
+
+def test_spec_example_in_the_docs_matches_the_training_job():
+    """docs/cluster.md shows the spec the training Job reads; it must be one the train service accepts."""
+    import importlib.util
+    import re
+    import textwrap
+
+    from vidtune.train.tasks import config_of, spec_errors
+
+    loader = importlib.util.spec_from_file_location("k8s_generate", K8S / "generate.py")
+    generate = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(generate)
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+    block = re.search(r"cat > first-lora.yaml <<'EOF'\n(.*?)\n\s*EOF", doc, re.S)
+    assert block, "docs/cluster.md lost the training spec example"
+    spec = yaml.safe_load(textwrap.dedent(block.group(1)))
+    assert spec == generate.TRAIN_SPEC and not spec_errors(spec)
+    assert config_of(spec).num_gpus == 2
+    assert generate.TRAIN_SPEC_URI in doc
 
 
 def test_all_k8s_pods_are_non_root_and_read_only():

@@ -67,3 +67,54 @@ def test_bad_requests_are_rejected_with_the_reason(storage, jobs_root, serve):
         with pytest.raises(grpc.RpcError) as e:
             ev.SubmitScore(evaluate_pb2.ScoreRequest(videos="/etc", output="s3://b-x/out"), metadata=META)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an s3:// URI" in e.value.details()
+
+
+def test_kubernetes_backend_puts_generation_on_a_gpu_and_scoring_anywhere(storage, jobs_root, serve, monkeypatch):
+    """Generation becomes a one-GPU Job on a V100 node that runs on CUDA; scoring a CPU Job. No cluster here:
+    the BatchV1Api is an in-memory stand-in, the Jobs are checked against the official schemas."""
+    from kubernetes_validate import validate
+
+    from vidtune.platform import kube
+
+    created = []
+
+    class Batch:
+        def create_namespaced_job(self, namespace, body):
+            created.append(kube.manifest(body))
+            return body
+
+    monkeypatch.setattr(kube, "batch_api", Batch)
+    monkeypatch.setenv("VIDTUNE_KUBERNETES", "1")
+    _, endpoint = serve(definition(storage))
+    with grpc.insecure_channel(endpoint) as ch:
+        ev, jobs = evaluate_pb2_grpc.EvaluateServiceStub(ch), jobs_pb2_grpc.JobServiceStub(ch)
+        gen = ev.SubmitGenerate(evaluate_pb2.GenerateRequest(
+            prompts="s3://b-x/p.jsonl", checkpoints=["base"], output="s3://b-x/v", backend="kubernetes"), metadata=META)
+        score = ev.SubmitScore(evaluate_pb2.ScoreRequest(videos="s3://b-x/v", output="s3://b-x/s",
+                                                         backend="kubernetes"), metadata=META)
+        assert gen.backend == score.backend == "kubernetes"
+        spec = dict(jobs.GetJob(jobs_pb2.GetJobRequest(id=gen.id), metadata=META).spec)
+    assert spec["device"] == "cuda" and "backend" not in spec
+    gen_job, score_job = created
+    for job in created:
+        validate(job, "1.33.0", strict=True)
+    gen_pod, score_pod = gen_job["spec"]["template"]["spec"], score_job["spec"]["template"]["spec"]
+    assert gen_pod["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
+    assert gen_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gen_pod["containers"][0]["args"] == ["worker", "--service", "evaluate", "--job-id", gen.id]
+    assert "nodeSelector" not in score_pod and "nvidia.com/gpu" not in score_pod["containers"][0]["resources"]["limits"]
+    assert score_job["metadata"]["labels"]["vidtune.io/kind"] == "evaluate.score"
+
+
+def test_unavailable_backend_is_an_invalid_argument(storage, jobs_root, serve, monkeypatch):
+    monkeypatch.delenv("VIDTUNE_KUBERNETES", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    _, endpoint = serve(definition(storage))
+    with grpc.insecure_channel(endpoint) as ch:
+        ev = evaluate_pb2_grpc.EvaluateServiceStub(ch)
+        for backend in ("kubernetes", "slurm"):
+            with pytest.raises(grpc.RpcError) as e:
+                ev.SubmitCompare(evaluate_pb2.CompareRequest(scores=["s3://b-x/s"], output="s3://b-x/r",
+                                                             backend=backend), metadata=META)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"backend {backend!r} is not available here" in e.value.details()

@@ -101,3 +101,42 @@ def test_cli_run_in_process(tiny_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == 2 and (out / "lora.safetensors").exists()
+
+
+def test_kubernetes_backend_builds_the_job_from_the_cluster_settings(serve, storage, jobs_root, bucket, s3_dataset,
+                                                                     monkeypatch):
+    """With VIDTUNE_KUBERNETES=1 the service offers the kubernetes backend and creates the worker Job with the
+    chart's VIDTUNE_K8S_* settings; no cluster here, so the BatchV1Api is an in-memory stand-in."""
+    from vidtune.platform import kube
+
+    created = []
+
+    class Batch:
+        def create_namespaced_job(self, namespace, body):
+            created.append((namespace, body))
+            return body
+
+    monkeypatch.setattr(kube, "batch_api", Batch)
+    monkeypatch.setenv("VIDTUNE_KUBERNETES", "1")
+    monkeypatch.setenv("VIDTUNE_K8S_NAMESPACE", "team-a")
+    monkeypatch.setenv("VIDTUNE_K8S_QUEUE_NAME", "vidtune-v100")
+    monkeypatch.setenv("VIDTUNE_K8S_NODE_SELECTOR", '{"nvidia.com/gpu.product": "Tesla-V100-PCIE-32GB"}')
+    server, address = serve(definition(storage))
+    with grpc.insecure_channel(address) as ch:
+        job = train_pb2_grpc.TrainServiceStub(ch).SubmitTrain(train_pb2.TrainRequest(
+            preset="v100-2gpu-ti2v-5b-480x832x49", config_yaml="weights: s3://vidtune/models/wan2.2-ti2v-5b\n",
+            dataset=s3_dataset, output=f"{bucket}/runs/k8s", backend="kubernetes", timeout_s=3600),
+            metadata=AUTH, timeout=10)
+        assert job.backend == "kubernetes" and job.state == jobs_pb2.QUEUED
+    ((namespace, body),) = created
+    manifest = kube.manifest(body)
+    validate(manifest, "1.33.0", strict=True)
+    pod = manifest["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert namespace == "team-a" and manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "vidtune-v100"
+    assert manifest["metadata"]["labels"]["vidtune.io/job-id"] == job.id
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-V100-PCIE-32GB"}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and manifest["spec"]["activeDeadlineSeconds"] == 3600
+    assert c["args"][-4:] == ["--service", "train", "--job-id", job.id] and c["command"] == ["torchrun"]
+    # the reconciler finds the Job by the name derived from the record
+    assert manifest["metadata"]["name"] == kube.k8s_name("vidtune", job.id)

@@ -133,7 +133,7 @@ affinity:
 {{- end -}}
 {{- end -}}
 
-{{/* Container pieces shared by services, worker Jobs and hooks --------------------------------------- */}}
+{{/* Container pieces shared by services and hooks --------------------------------------- */}}
 
 {{- define "vidtune.podSecurityContext" -}}
 {{- toYaml .Values.podSecurityContext -}}
@@ -227,80 +227,4 @@ the gRPC token file (servers only). */}}
 {{- $_ := set $res "requests" $requests -}}
 {{- end -}}
 {{- toYaml $res -}}
-{{- end -}}
-
-{{/* The Job that runs one worker: the base for the job template the services fill in. */}}
-{{- define "vidtune.workerJob" -}}
-{{- $root := . -}}
-{{- $w := .Values.workers -}}
-{{- $nodeSelector := ternary .Values.gpuNodes.nodeSelector $w.nodeSelector (kindIs "invalid" $w.nodeSelector) -}}
-{{- $tolerations := ternary .Values.gpuNodes.tolerations $w.tolerations (kindIs "invalid" $w.tolerations) -}}
-apiVersion: batch/v1
-kind: Job
-metadata:
-  generateName: {{ include "vidtune.fullname" . }}-worker-
-  labels:
-    {{- include "vidtune.labels" . | nindent 4 }}
-    app.kubernetes.io/component: worker
-    {{- if .Values.scheduling.kueue.enabled }}
-    kueue.x-k8s.io/queue-name: {{ .Values.scheduling.kueue.queueName }}
-    {{- end }}
-spec:
-  backoffLimit: {{ $w.backoffLimit }}
-  ttlSecondsAfterFinished: {{ $w.ttlSecondsAfterFinished }}
-  {{- with $w.activeDeadlineSeconds }}
-  activeDeadlineSeconds: {{ . }}
-  {{- end }}
-  {{- if .Values.scheduling.kueue.enabled }}
-  suspend: true
-  {{- end }}
-  template:
-    metadata:
-      labels:
-        {{- include "vidtune.selectorLabels" . | nindent 8 }}
-        app.kubernetes.io/component: worker
-    spec:
-      restartPolicy: Never
-      serviceAccountName: {{ include "vidtune.workerServiceAccount" . }}
-      automountServiceAccountToken: false
-      {{- with (include "vidtune.priorityClassName" .) }}
-      priorityClassName: {{ . }}
-      {{- end }}
-      securityContext:
-        {{- include "vidtune.podSecurityContext" . | nindent 8 }}
-      {{- with .Values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $tolerations }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      containers:
-        - name: worker
-          image: {{ include "vidtune.gpuImage" . }}
-          imagePullPolicy: {{ .Values.gpuImage.pullPolicy }}
-          command: ["vidtune"]
-          args: ["worker", "--service", "$(VIDTUNE_WORKER_SERVICE)", "--job-id", "$(VIDTUNE_JOB_ID)"]
-          env:
-            # Filled in per job by the service that creates it.
-            - name: VIDTUNE_WORKER_SERVICE
-              value: train
-            - name: VIDTUNE_JOB_ID
-              value: ""
-            {{- include "vidtune.commonEnv" (dict "root" . "auth" false) | nindent 12 }}
-          envFrom:
-            {{- include "vidtune.envFrom" . | nindent 12 }}
-          securityContext:
-            {{- include "vidtune.containerSecurityContext" . | nindent 12 }}
-          resources:
-            {{- include "vidtune.resources" (dict "resources" $w.resources "gpus" $w.gpus) | nindent 12 }}
-          volumeMounts:
-            {{- include "vidtune.volumeMounts" (dict "root" $root "shm" $w.shmSizeLimit "auth" false) | nindent 12 }}
-      volumes:
-        {{- include "vidtune.volumes" (dict "root" $root "shm" $w.shmSizeLimit "auth" false) | nindent 8 }}
 {{- end -}}

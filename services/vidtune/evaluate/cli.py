@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def job_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--submit", action="store_true", help="run as a job of the evaluate service")
+        q.add_argument("--backend", default="", choices=["inprocess", "local", "kubernetes"],
+                       help="where the submitted job runs (implies --submit): the service's threads, a worker "
+                            "subprocess beside it, or a Kubernetes Job (generation on a GPU node)")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_client_args(q)
 
@@ -92,14 +95,14 @@ def _compare_spec(args) -> dict:
 def _submit(args, rpc_name: str, request_cls: str, spec: dict) -> int:
     from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
-    request = getattr(evaluate_pb2, request_cls)(**spec)
+    request = getattr(evaluate_pb2, request_cls)(**spec, backend=args.backend)
     return submit_and_follow("evaluate", args, lambda cl: getattr(
         cl.stub(evaluate_pb2_grpc.EvaluateServiceStub), rpc_name)(request, metadata=cl.metadata, timeout=cl.timeout))
 
 
 def cmd_generate(args) -> int:
     spec = _generate_spec(args)
-    if args.submit:
+    if args.submit or args.backend:
         return _submit(args, "SubmitGenerate", "GenerateRequest", spec)
     from .generate import generate_samples
     from .tasks import generation_settings
@@ -117,7 +120,7 @@ def cmd_generate(args) -> int:
 
 def cmd_score(args) -> int:
     spec = _score_spec(args)
-    if args.submit:
+    if args.submit or args.backend:
         return _submit(args, "SubmitScore", "ScoreRequest", spec)
     from .scoring import score_videos
     from .tasks import score_settings
@@ -137,7 +140,7 @@ def cmd_score(args) -> int:
 
 def cmd_compare(args) -> int:
     spec = _compare_spec(args)
-    if args.submit:
+    if args.submit or args.backend:
         return _submit(args, "SubmitCompare", "CompareRequest", spec)
     from .compare import compare_scores
 

@@ -1,14 +1,28 @@
-"""EvaluateService over gRPC: validate the request, submit a job; everything else is the JobService."""
+"""EvaluateService over gRPC: validate the request, submit a job; everything else is the JobService.
+
+A request's `backend` picks where the job runs: the service's own threads (default), a local
+`vidtune worker` subprocess, or a Kubernetes Job (generation on a GPU node, scoring and comparison on any).
+"""
 from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
+from vidtune.platform.launchers import choose_backend, service_launchers, start_reconciler, timeout_of
 from vidtune.platform.server import ServiceDefinition, proto_to_dict, record_to_proto, rpc
 from vidtune.platform.settings import jobs_root
 from vidtune.platform.storage import Storage, require_object_uris
 from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
 from .tasks import HANDLERS, spec_errors
+
+GPU_KINDS = ("evaluate.generate",)
+
+
+def evaluate_placement(record: dict) -> dict:
+    """JobSpec overrides of an evaluation record: one GPU for generation (one pipeline on one device),
+    none for scoring and comparison."""
+    return {"gpus": 1 if record["kind"] in GPU_KINDS else 0,
+            "active_deadline_seconds": int(timeout_of(record["spec"]))}
 
 
 class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
@@ -17,13 +31,16 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
 
     def _submit(self, kind: str, request, uri_fields: list[str]):
         spec = proto_to_dict(request)
+        backend = choose_backend(spec.pop("backend", ""), self.manager.launchers)
         errors = spec_errors(kind, spec)
         if errors:
             raise InvalidArgument("; ".join(errors))
         for name in uri_fields:
             value = spec.get(name)
             require_object_uris(value if isinstance(value, list) else [value or ""], name)
-        return record_to_proto(self.manager.submit(kind, spec))
+        if backend == "kubernetes" and kind in GPU_KINDS:
+            spec.setdefault("device", "cuda")  # the pod sits on a GPU node: use it
+        return record_to_proto(self.manager.submit(kind, spec, backend=backend))
 
     @rpc
     def SubmitGenerate(self, request, context):
@@ -42,9 +59,11 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
 
 
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
-    manager = JobManager("evaluate", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers)
+    launchers = service_launchers("evaluate", evaluate_placement)
+    manager = JobManager("evaluate", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers,
+                         launchers=launchers)
     return ServiceDefinition(
         name="evaluate",
         servicers=[(evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server, EvaluateServicer(manager))],
         proto_services=[evaluate_pb2.DESCRIPTOR.services_by_name["EvaluateService"].full_name],
-        manager=manager)
+        manager=manager, extra_stop=start_reconciler(manager.store, launchers))

@@ -295,11 +295,12 @@ class JobManager:
             raise InvalidArgument(f"backend {backend!r} is not available here; "
                                   f"known: {['inprocess', *sorted(self.launchers)]}")
         rec = new_record(self.service, kind, spec, backend, labels)
-        self.store.save(rec)
+        self.store.save(rec)  # before launching: the launched worker loads it
         if backend == "inprocess":
             self._queue.put(rec["id"])
         else:
             self.launchers[backend](rec)
+            self.store.save(rec)  # with what the launcher recorded (pid, Kubernetes Job name)
         log.info("submitted job %s kind=%s backend=%s", rec["id"], kind, backend)
         return rec
 

@@ -6,15 +6,23 @@ Every heavy job (a LoRA run, GPU sample generation, a big transcode) runs the sa
 it; only the placement differs (nodeSelector, tolerations, GPUs, memory). The builder returns typed
 `V1Job` objects, so manifests are checked by the client's models before they reach a cluster, and
 `manifest_yaml` prints what `kubectl apply -f -` accepts.
+
+This builder is the only source of worker Jobs: the services build them with `ClusterSettings.from_env()`
+(the VIDTUNE_K8S_* variables the Helm chart sets), and k8s/generate.py builds the kubectl templates with
+the same code, so a Job started by a service and one applied by hand look alike.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from kubernetes import client as k8s
 
+from .errors import InvalidArgument
 from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, now_iso, transition
 
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
@@ -22,7 +30,10 @@ GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 LABEL_JOB_ID = "vidtune.io/job-id"
 LABEL_KIND = "vidtune.io/kind"
 LABEL_SERVICE = "vidtune.io/service"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 S3_SECRET_DIR = "/var/run/secrets/vidtune/s3"
+CACHE_DIR = "/var/cache/vidtune"
+DEFAULT_IMAGE = "ghcr.io/vidtune/vidtune:0.1.0-cu126"
 _LABEL_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -30,6 +41,11 @@ def k8s_name(*parts: str, limit: int = 63) -> str:
     """A DNS-1123 name (lowercase alphanumerics and '-', at most `limit` characters)."""
     name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
     return name[:limit].rstrip("-") or "vidtune"
+
+
+def _snake(name: str) -> str:
+    """tolerationSeconds -> toleration_seconds: manifest keys as the client's model arguments."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def label_value(value: str) -> str:
@@ -47,8 +63,8 @@ class JobSpec:
     labels: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     gpus: int = 0
-    cpu_request: str = "2"
-    memory_request: str = "8Gi"
+    cpu_request: str | None = "2"
+    memory_request: str | None = "8Gi"
     cpu_limit: str | None = None
     memory_limit: str | None = None
     node_selector: dict = field(default_factory=dict)
@@ -58,10 +74,15 @@ class JobSpec:
     backoff_limit: int = 3                  # a killed pod is retried; the worker resumes from saved state
     active_deadline_seconds: int | None = None
     ttl_seconds_after_finished: int = 86400
-    s3_secret: str = "vidtune-s3"           # keys access-key / secret-key, mounted as files
+    s3_secret: str = "vidtune-s3"           # mounted as the files access-key / secret-key
+    s3_secret_keys: dict = field(default_factory=lambda: {"access-key": "access-key", "secret-key": "secret-key"})
     env_config_map: str | None = "vidtune-env"
     service_account: str | None = "vidtune-worker"
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list = field(default_factory=list)   # names of docker-registry Secrets
+    priority_class_name: str | None = None
+    queue_name: str | None = None           # Kueue LocalQueue; the Job is created suspended for Kueue to admit
+    cache_size: str = "20Gi"                # $VIDTUNE_CACHE_DIR (model downloads, torch/triton caches)
     completions: int | None = None          # with parallelism + Indexed: sharded work (transcode)
     parallelism: int | None = None
     indexed: bool = False
@@ -71,11 +92,13 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
     """A batch/v1 Job for a worker pod. Pure: no cluster is contacted."""
     labels = {"app.kubernetes.io/name": "vidtune", "app.kubernetes.io/component": "worker",
               **{k: label_value(v) for k, v in spec.labels.items()}}
+    # Kueue reads its queue from the Job's own labels; the pods do not need it.
+    job_labels = {**labels, LABEL_KUEUE_QUEUE: spec.queue_name} if spec.queue_name else labels
     env = [k8s.V1EnvVar(name=k, value=str(v)) for k, v in sorted(spec.env.items())]
     env.append(k8s.V1EnvVar(name="VIDTUNE_S3_SECRET_DIR", value=S3_SECRET_DIR))
     env.append(k8s.V1EnvVar(name="VIDTUNE_POD_NAME", value_from=k8s.V1EnvVarSource(
         field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))))
-    requests = {"cpu": spec.cpu_request, "memory": spec.memory_request}
+    requests = {k: v for k, v in (("cpu", spec.cpu_request), ("memory", spec.memory_request)) if v}
     limits = {k: v for k, v in (("cpu", spec.cpu_limit), ("memory", spec.memory_limit)) if v}
     if spec.gpus:
         # Extended resources: the request must equal the limit.
@@ -85,27 +108,32 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
         command=spec.command[:1], args=spec.command[1:], env=env,
         env_from=[k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=spec.env_config_map))]
         if spec.env_config_map else None,
-        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits or None),
+        resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
+        # The image writes only to /tmp, the cache and /dev/shm, all volumes: the root filesystem stays read-only.
         security_context=k8s.V1SecurityContext(allow_privilege_escalation=False, run_as_non_root=True,
+                                               read_only_root_filesystem=True,
                                                capabilities=k8s.V1Capabilities(drop=["ALL"])),
         volume_mounts=[
             k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
             k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),
+            k8s.V1VolumeMount(name="cache", mount_path=CACHE_DIR),
             k8s.V1VolumeMount(name="s3-credentials", mount_path=S3_SECRET_DIR, read_only=True),
         ])
     volumes = [
         k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size)),
         k8s.V1Volume(name="scratch", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.scratch_size)),
+        k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.cache_size)),
         k8s.V1Volume(name="s3-credentials", secret=k8s.V1SecretVolumeSource(
             secret_name=spec.s3_secret, default_mode=0o440,
-            items=[k8s.V1KeyToPath(key="access-key", path="access-key"),
-                   k8s.V1KeyToPath(key="secret-key", path="secret-key")])),
+            items=[k8s.V1KeyToPath(key=spec.s3_secret_keys.get(f, f), path=f) for f in ("access-key", "secret-key")])),
     ]
     pod = k8s.V1PodSpec(
         restart_policy="Never", containers=[container], volumes=volumes,
         node_selector=dict(spec.node_selector) or None,
-        tolerations=[k8s.V1Toleration(**t) for t in spec.tolerations] or None,
+        tolerations=[k8s.V1Toleration(**{_snake(k): v for k, v in t.items()}) for t in spec.tolerations] or None,
         service_account_name=spec.service_account, automount_service_account_token=False,
+        priority_class_name=spec.priority_class_name or None,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=n) for n in spec.image_pull_secrets] or None,
         security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
                                                   fs_group=10001,
                                                   seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")))
@@ -114,9 +142,10 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
         backoff_limit=spec.backoff_limit, active_deadline_seconds=spec.active_deadline_seconds,
         ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
         completions=spec.completions, parallelism=spec.parallelism,
-        completion_mode="Indexed" if spec.indexed else None)
+        completion_mode="Indexed" if spec.indexed else None, suspend=True if spec.queue_name else None)
     return k8s.V1Job(api_version="batch/v1", kind="Job",
-                     metadata=k8s.V1ObjectMeta(name=k8s_name(spec.name), namespace=spec.namespace, labels=labels),
+                     metadata=k8s.V1ObjectMeta(name=k8s_name(spec.name), namespace=spec.namespace or None,
+                                               labels=job_labels),
                      spec=job_spec)
 
 
@@ -131,24 +160,171 @@ def worker_command(service: str, job_id: str, gpus: int = 0) -> list[str]:
     return per_gpu(["vidtune", "worker", "--service", service, "--job-id", job_id], gpus)
 
 
-def worker_job(record: dict, image: str, namespace: str = "vidtune", gpus: int = 0,
-               command: list[str] | None = None, **placement) -> k8s.V1Job:
+def worker_job(record: dict, settings: ClusterSettings | None = None, *, gpus: int | None = None,
+               command: list[str] | None = None, **overrides) -> k8s.V1Job:
     """The Job that runs one vidtune job record; labels link the two both ways.
 
-    `command` replaces `vidtune worker` for a self-contained Job (one that needs no stored record).
+    `settings` says where workers run in this cluster (default: `ClusterSettings.from_env()`), `gpus`
+    how many GPUs this job needs (default: the cluster's), and `overrides` any other JobSpec field
+    for this job. `command` replaces `vidtune worker` for a self-contained Job (one that needs no
+    stored record).
     """
+    settings = settings if settings is not None else ClusterSettings.from_env()
+    gpus = settings.gpus if gpus is None else int(gpus)
     service = record["kind"].split(".")[0]
-    labels = {LABEL_JOB_ID: record["id"], LABEL_KIND: record["kind"], LABEL_SERVICE: service,
-              **placement.pop("labels", {})}
-    if gpus and "node_selector" not in placement:
-        placement["node_selector"] = dict(DEFAULT_GPU_NODE_SELECTOR)
-    if gpus and "tolerations" not in placement:
-        placement["tolerations"] = list(GPU_TOLERATIONS)
-    return build_job(JobSpec(name=k8s_name("vidtune", record["id"]), image=image, namespace=namespace,
+    fields = settings.job_fields(gpus)
+    labels = {**fields.pop("labels"), LABEL_JOB_ID: record["id"], LABEL_KIND: record["kind"],
+              LABEL_SERVICE: service, **overrides.pop("labels", {})}
+    env = {"VIDTUNE_JOB_ID": record["id"], "VIDTUNE_WORKER_SERVICE": service, **overrides.pop("env", {})}
+    fields.update(overrides)
+    return build_job(JobSpec(name=fields.pop("name", None) or k8s_name("vidtune", record["id"]),
                              command=per_gpu(command, gpus) if command else worker_command(service, record["id"], gpus),
-                             labels=labels, gpus=gpus,
-                             env={"VIDTUNE_JOB_ID": record["id"], "VIDTUNE_WORKER_SERVICE": service,
-                                  **placement.pop("env", {})}, **placement))
+                             labels=labels, env=env, gpus=gpus, **fields))
+
+
+# -- where workers run: the chart's VIDTUNE_K8S_* settings ------------------------------------------
+
+def scale_quantity(quantity: str | int, factor: float, cpu: bool = False) -> str:
+    """A resource quantity times `factor`, written as Kubernetes would (48Gi * 0.5 -> 24Gi, 8 * 0.5 -> 4)."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    value = parse_quantity(quantity) * Decimal(str(factor))
+    if cpu:
+        milli = int(value * 1000)
+        return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+    whole = int(value)
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if whole and whole % unit == 0:
+            return f"{whole // unit}{suffix}"
+    return str(whole)
+
+
+def _env_json(env: dict, name: str, kind: type, default):
+    text = env.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{name}: not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"{name}: expected a JSON {kind.__name__}, got {text!r}")
+    return value
+
+
+def _env_int(env: dict, name: str, default: int | None) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(f"{name}: expected a whole number, got {text!r}") from None
+
+
+@dataclass
+class ClusterSettings:
+    """Where and how this cluster runs worker Jobs; one instance describes every Job a service starts.
+
+    The Helm chart sets these as VIDTUNE_K8S_* variables on the train and evaluate services (see
+    docs/cluster.md); without them the defaults fit a release named "vidtune" on V100 nodes.
+    `resources` is the chart's container resources for a worker with `gpus` GPUs: a job that needs
+    another number of GPUs gets them scaled per GPU. CPU-only jobs get `cpu_resources`.
+    """
+
+    namespace: str = "vidtune"
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list = field(default_factory=list)
+    service_account: str | None = "vidtune-worker"
+    node_selector: dict = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
+    tolerations: list = field(default_factory=lambda: [dict(t) for t in GPU_TOLERATIONS])
+    gpus: int = 1
+    resources: dict = field(default_factory=lambda: {"requests": {"cpu": "8", "memory": "48Gi"},
+                                                     "limits": {"cpu": "16", "memory": "96Gi"}})
+    cpu_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "2", "memory": "8Gi"},
+                                                         "limits": {"cpu": "8", "memory": "16Gi"}})
+    shm_size: str = "16Gi"
+    s3_secret: str = "vidtune-s3"
+    s3_secret_keys: dict = field(default_factory=lambda: {"access-key": "access-key", "secret-key": "secret-key"})
+    config_map: str | None = "vidtune-env"
+    priority_class: str | None = None
+    queue_name: str | None = None
+    ttl_seconds_after_finished: int = 86400
+    backoff_limit: int = 3
+    active_deadline_seconds: int | None = None
+    # Labels every worker pod carries: the release's selector labels let NetworkPolicies admit it to MinIO.
+    labels: dict = field(default_factory=lambda: {"app.kubernetes.io/instance": "vidtune",
+                                                  "app.kubernetes.io/part-of": "vidtune"})
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> ClusterSettings:
+        """Settings from VIDTUNE_K8S_* (names and JSON formats as the chart writes them); unset: the default."""
+        env = os.environ if env is None else env
+        d = cls()
+
+        def text(name: str, default):
+            value = env.get(name, "").strip()
+            return value or default
+
+        pull_secrets = _env_json(env, "VIDTUNE_K8S_IMAGE_PULL_SECRETS", list, d.image_pull_secrets)
+        return cls(
+            namespace=text("VIDTUNE_K8S_NAMESPACE", d.namespace),
+            image=text("VIDTUNE_K8S_IMAGE", d.image),
+            image_pull_policy=text("VIDTUNE_K8S_IMAGE_PULL_POLICY", d.image_pull_policy),
+            image_pull_secrets=[p["name"] if isinstance(p, dict) else str(p) for p in pull_secrets],
+            service_account=text("VIDTUNE_K8S_SERVICE_ACCOUNT", d.service_account),
+            node_selector=_env_json(env, "VIDTUNE_K8S_NODE_SELECTOR", dict, d.node_selector),
+            tolerations=_env_json(env, "VIDTUNE_K8S_TOLERATIONS", list, d.tolerations),
+            gpus=_env_int(env, "VIDTUNE_K8S_GPUS", d.gpus),
+            resources=_env_json(env, "VIDTUNE_K8S_RESOURCES", dict, d.resources),
+            shm_size=text("VIDTUNE_K8S_SHM_SIZE", d.shm_size),
+            s3_secret=text("VIDTUNE_K8S_S3_SECRET", d.s3_secret),
+            s3_secret_keys={**d.s3_secret_keys, **_env_json(env, "VIDTUNE_K8S_S3_KEY_NAMES", dict, {})},
+            config_map=text("VIDTUNE_K8S_CONFIGMAP", d.config_map),
+            priority_class=text("VIDTUNE_K8S_PRIORITY_CLASS", None),
+            queue_name=text("VIDTUNE_K8S_QUEUE_NAME", None),
+            ttl_seconds_after_finished=_env_int(env, "VIDTUNE_K8S_TTL_SECONDS", d.ttl_seconds_after_finished),
+            backoff_limit=_env_int(env, "VIDTUNE_K8S_BACKOFF_LIMIT", d.backoff_limit),
+            active_deadline_seconds=_env_int(env, "VIDTUNE_K8S_ACTIVE_DEADLINE_SECONDS", None),
+            labels=_env_json(env, "VIDTUNE_K8S_LABELS", dict, d.labels))
+
+    def replace(self, **changes) -> ClusterSettings:
+        """A copy with the given fields changed; None leaves a field as it is (an option not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def container_resources(self, gpus: int) -> dict:
+        """cpu/memory requests and limits for a worker with `gpus` GPUs (JobSpec field names)."""
+        if gpus <= 0:
+            res, factor = self.cpu_resources, 1.0
+        else:
+            res, factor = self.resources, gpus / max(1, self.gpus)
+        names = {("requests", "cpu"): "cpu_request", ("requests", "memory"): "memory_request",
+                 ("limits", "cpu"): "cpu_limit", ("limits", "memory"): "memory_limit"}
+        out = {}
+        for (part, key), name in names.items():
+            value = (res.get(part) or {}).get(key)
+            if value not in (None, ""):
+                out[name] = scale_quantity(value, factor, cpu=key == "cpu")
+        return out
+
+    def job_fields(self, gpus: int) -> dict:
+        """JobSpec fields (all but name, command, env) of a worker with `gpus` GPUs in this cluster."""
+        fields = {
+            "namespace": self.namespace, "image": self.image, "image_pull_policy": self.image_pull_policy,
+            "image_pull_secrets": list(self.image_pull_secrets), "service_account": self.service_account,
+            "s3_secret": self.s3_secret, "s3_secret_keys": dict(self.s3_secret_keys), "env_config_map": self.config_map,
+            "priority_class_name": self.priority_class, "queue_name": self.queue_name,
+            "ttl_seconds_after_finished": self.ttl_seconds_after_finished, "backoff_limit": self.backoff_limit,
+            "active_deadline_seconds": self.active_deadline_seconds, "labels": dict(self.labels),
+            # GPU nodes are tainted and labelled; CPU work goes wherever the scheduler likes.
+            "node_selector": dict(self.node_selector) if gpus else {},
+            "tolerations": [dict(t) for t in self.tolerations] if gpus else [],
+            "shm_size": self.shm_size if gpus else "2Gi",
+            "cpu_request": None, "memory_request": None, "cpu_limit": None, "memory_limit": None,
+        }
+        fields.update(self.container_resources(gpus))
+        return fields
 
 
 def manifest(job: k8s.V1Job) -> dict:

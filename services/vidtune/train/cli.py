@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--timeout", type=int, default=0, help="seconds the run may take (0: a week)")
     submit.add_argument("--dry-run", action="store_true",
                         help="with --backend kubernetes: print the Job manifest for `kubectl apply -f -`")
-    submit.add_argument("--image", help="container image of the Job (default: $VIDTUNE_GPU_IMAGE)")
-    submit.add_argument("--namespace", help="namespace of the Job (default: $VIDTUNE_NAMESPACE or vidtune)")
+    submit.add_argument("--image", help="container image of the Job (default: $VIDTUNE_K8S_IMAGE)")
+    submit.add_argument("--namespace", help="namespace of the Job (default: $VIDTUNE_K8S_NAMESPACE or vidtune)")
     add_client_args(submit)
     submit.set_defaults(func=cmd_submit)
 
@@ -94,11 +94,10 @@ def cmd_submit(args) -> int:
         if args.backend != "kubernetes":
             print("error: --dry-run prints a Kubernetes Job; use it with --backend kubernetes", file=sys.stderr)
             return 2
-        import os
-
         from vidtune.platform.jobs import new_record
+        from vidtune.platform.kube import ClusterSettings, manifest_yaml
 
-        from .launchers import training_job
+        from .placement import training_job
 
         # No service holds a record for a printed Job, so its pod runs the training itself;
         # a restarted pod resumes from the state below --out.
@@ -108,11 +107,8 @@ def cmd_submit(args) -> int:
                    "--dataset", args.dataset, "--out", args.out]
         if args.max_steps:
             command += ["--max-steps", str(args.max_steps)]
-        job = training_job(record, args.image or os.environ.get("VIDTUNE_GPU_IMAGE",
-                                                                "ghcr.io/vidtune/vidtune:0.1.0-cu126"),
-                           args.namespace or os.environ.get("VIDTUNE_NAMESPACE", "vidtune"), command=command)
-        from vidtune.platform.kube import manifest_yaml
-
+        settings = ClusterSettings.from_env().replace(image=args.image, namespace=args.namespace)
+        job = training_job(record, settings, command=command)
         print(manifest_yaml(job), end="")
         return 0
     from vidtune.v1 import train_pb2, train_pb2_grpc

@@ -1,10 +1,9 @@
 """TrainService over gRPC: validate the request, submit a training job; following it is the JobService."""
 from __future__ import annotations
 
-import os
-
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
+from vidtune.platform.launchers import choose_backend, service_launchers, start_reconciler
 from vidtune.platform.server import ServiceDefinition, record_to_proto, rpc
 from vidtune.platform.settings import jobs_root
 from vidtune.platform.storage import Storage, require_object_uris
@@ -12,8 +11,6 @@ from vidtune.v1 import train_pb2, train_pb2_grpc
 
 from .presets import describe_presets
 from .tasks import HANDLERS, config_of, spec_errors
-
-BACKENDS = ("inprocess", "local", "kubernetes")
 
 
 def request_spec(request) -> dict:
@@ -35,9 +32,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             raise InvalidArgument("; ".join(errors))
         require_object_uris([spec["dataset"], spec["output"]], "dataset/output")
         config_of(spec)  # a bad config fails here, not in the job
-        backend = request.backend or "inprocess"
-        if backend not in BACKENDS:
-            raise InvalidArgument(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        backend = choose_backend(request.backend, self.manager.launchers)
         return record_to_proto(self.manager.submit("train.run", spec, backend=backend))
 
     @rpc
@@ -49,24 +44,14 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             for p in describe_presets()])
 
 
-def kubernetes_enabled() -> bool:
-    return os.environ.get("VIDTUNE_KUBERNETES", "") == "1" or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
-    from .launchers import KubeReconciler, kubernetes_launcher, local_launcher
+    from .placement import training_placement
 
-    launchers = {"local": local_launcher()}
-    extra_stop = []
-    if kubernetes_enabled():
-        launchers["kubernetes"] = kubernetes_launcher()
+    launchers = service_launchers("train", training_placement)
     manager = JobManager("train", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers,
                          launchers=launchers)
-    if kubernetes_enabled():
-        reconciler = KubeReconciler(manager.store).start()
-        extra_stop.append(reconciler.stop)
     return ServiceDefinition(
         name="train",
         servicers=[(train_pb2_grpc.add_TrainServiceServicer_to_server, TrainServicer(manager))],
         proto_services=[train_pb2.DESCRIPTOR.services_by_name["TrainService"].full_name],
-        manager=manager, extra_stop=extra_stop)
+        manager=manager, extra_stop=start_reconciler(manager.store, launchers))
