@@ -28,10 +28,10 @@ def tiny_i3d_path(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _cache_in_tmp(tmp_path_factory):
     # Downloaded weights and registered configs stay inside the session's temp area.
-    old = os.environ.get("VIDTUNE_CACHE")
-    os.environ["VIDTUNE_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    old = os.environ.get("VIDTUNE_CACHE_DIR")
+    os.environ["VIDTUNE_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "cache")
     yield
     if old is None:
-        os.environ.pop("VIDTUNE_CACHE", None)
+        os.environ.pop("VIDTUNE_CACHE_DIR", None)
     else:
-        os.environ["VIDTUNE_CACHE"] = old
+        os.environ["VIDTUNE_CACHE_DIR"] = old

@@ -10,7 +10,7 @@ from vidtune.platform.errors import InvalidArgument, NotFound
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("VIDTUNE_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
+    monkeypatch.setenv("VIDTUNE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "model-cache"))
 
 
 @pytest.mark.parametrize("name", [n for n, s in specs.SPECS.items() if not s.tiny])

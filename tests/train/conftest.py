@@ -14,7 +14,7 @@ from makedata import export_dataset  # noqa: E402
 def _model_cache(tmp_path_factory):
     """Tiny weights are built once per session into one cache directory."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("VIDTUNE_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+    mp.setenv("VIDTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
     yield
     mp.undo()
 

@@ -28,7 +28,7 @@ def _run(dataset, out, max_steps, env):
 @pytest.mark.slow
 def test_zero2_trains_saves_and_resumes_on_the_cpu(tiny_dataset, tmp_path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "NO_PROXY": "127.0.0.1,localhost",
-           "VIDTUNE_MODEL_CACHE": os.environ["VIDTUNE_MODEL_CACHE"]}
+           "VIDTUNE_CACHE_DIR": os.environ["VIDTUNE_CACHE_DIR"]}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     out = tmp_path / "ds"

@@ -2,21 +2,21 @@
 
 A URI is either one object (a TorchScript file, a checkpoint) or a prefix holding a bundle (an
 open_clip config, weights and Hugging Face tokenizer files). Downloads are cached under
-VIDTUNE_CACHE (default ~/.cache/vidtune/weights) keyed by the URI and object sizes, so repeated scoring
+VIDTUNE_CACHE_DIR/weights (default ~/.cache/vidtune/weights) keyed by the URI and object sizes, so repeated scoring
 runs do not fetch the same gigabytes again.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from vidtune.platform.errors import NotFound
+from vidtune.platform.settings import cache_dir
 from vidtune.platform.storage import Storage, is_s3
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("VIDTUNE_CACHE", Path.home() / ".cache" / "vidtune")) / "weights"
+    return cache_dir() / "weights"
 
 
 def local_weights(uri: str, storage: Storage | None = None) -> Path:

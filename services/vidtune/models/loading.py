@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..platform.errors import InvalidArgument, NotFound
+from ..platform.settings import cache_dir
 from ..platform.storage import Storage, is_s3, join
 from .specs import ModelSpec, get_spec
 from .tiny import build_tiny_weights, register_tiny_configs
@@ -29,8 +30,8 @@ _downloaded: dict[str, Path] = {}
 
 
 def default_cache_dir() -> Path:
-    """Where object-store weights and tiny models are kept between runs (env VIDTUNE_MODEL_CACHE)."""
-    return Path(os.environ.get("VIDTUNE_MODEL_CACHE", Path.home() / ".cache" / "vidtune" / "models"))
+    """Where object-store weights and tiny models are kept between runs (VIDTUNE_CACHE_DIR/models)."""
+    return cache_dir() / "models"
 
 
 def tiny_weights_dir(spec_or_name: ModelSpec | str, cache_dir: str | Path | None = None) -> Path:

@@ -22,6 +22,7 @@ from typing import Callable
 from . import kube
 from .errors import InvalidArgument
 from .jobs import QUEUED, RUNNING, JobStore
+from .settings import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def worker_argv(service: str, job_id: str) -> list[str]:
 def local_launcher(service: str, log_dir: str | Path | None = None) -> Launcher:
     """`launchers["local"]`: run the record in a child process, killed after the spec's `timeout_s`.
 
-    Its output goes to `<log_dir>/<job id>.log` ($VIDTUNE_LOG_DIR, else ~/.cache/vidtune/logs).
+    Its output goes to `<log_dir>/<job id>.log` (default: the cache directory's logs/).
     """
-    log_dir = Path(log_dir or os.environ.get("VIDTUNE_LOG_DIR", Path.home() / ".cache" / "vidtune" / "logs"))
+    log_dir = Path(log_dir or cache_dir() / "logs")
 
     def launch(record: dict) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .storage import S3_SCHEME
 
@@ -17,3 +18,9 @@ def jobs_root() -> str:
 
 def workers(default: int = 2) -> int:
     return int(os.environ.get("VIDTUNE_WORKERS", default))
+
+
+def cache_dir() -> Path:
+    """Downloaded weights, built tiny models and logs: VIDTUNE_CACHE_DIR (a writable volume in pods,
+    where the root filesystem is read-only), else ~/.cache/vidtune."""
+    return Path(os.environ.get("VIDTUNE_CACHE_DIR") or Path.home() / ".cache" / "vidtune")
