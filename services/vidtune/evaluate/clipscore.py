@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
 from vidtune.platform.storage import Storage
 
-from .weights import cache_root, local_weights
+from vidtune.platform.cache import cached_local
+from vidtune.platform.settings import cache_dir
 
 log = logging.getLogger("vidtune.evaluate.clip")
 
@@ -138,7 +139,7 @@ def _register_config(model_cfg: dict) -> str:
     blob = json.dumps(model_cfg, sort_keys=True)
     name = f"vidtune-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     if name not in open_clip.list_models():
-        cfg_dir = cache_root().parent / "open_clip_configs"
+        cfg_dir = cache_dir() / "open_clip_configs"
         cfg_dir.mkdir(parents=True, exist_ok=True)
         path = cfg_dir / f"{name}.json"
         path.write_text(blob)
@@ -158,7 +159,7 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: str | None = None,
         raise FailedPrecondition(
             f"CLIP model {model_name!r} needs weights: pass a weights file or bundle directory (path or s3:// "
             "URI); real scores need real trained weights, none are downloaded here")
-    local = local_weights(weights, storage)
+    local = cached_local(weights, storage, "CLIP weights")
     bundle = local if local.is_dir() else None
     model_cfg, preprocess_cfg, random_weights = None, {}, False
     if bundle is not None and (bundle / "open_clip_config.json").is_file():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
 from vidtune.platform.storage import Storage
 
-from .weights import local_weights
+from vidtune.platform.cache import cached_local
 
 log = logging.getLogger("vidtune.evaluate.fvd")
 
@@ -43,7 +43,7 @@ def load_i3d(uri: str | None, storage: Storage | None = None, device: str = "cpu
     """The I3D feature extractor from a TorchScript file (path or s3:// URI)."""
     if not uri:
         raise FailedPrecondition("FVD needs an I3D TorchScript (i3d_torchscript.pt): pass its path or s3:// URI")
-    path = local_weights(uri, storage)
+    path = cached_local(uri, storage, "I3D TorchScript")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the published I3D exists only as TorchScript

@@ -8,15 +8,14 @@ published checkpoints.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
+from ..platform.cache import cached_local
 from ..platform.errors import InvalidArgument, NotFound
 from ..platform.settings import cache_dir
 from ..platform.storage import Storage, is_s3, join
@@ -24,9 +23,6 @@ from .specs import ModelSpec, get_spec
 from .tiny import build_tiny_weights, register_tiny_configs
 
 Weights = str | Mapping[str, str | list[str]] | None
-
-_cache_lock = threading.Lock()
-_downloaded: dict[str, Path] = {}
 
 
 def default_cache_dir() -> Path:
@@ -40,30 +36,16 @@ def tiny_weights_dir(spec_or_name: ModelSpec | str, cache_dir: str | Path | None
     return build_tiny_weights(spec, Path(cache_dir or default_cache_dir()) / "tiny" / spec.name)
 
 
-def _local_file(uri: str, storage: Storage, cache_dir: Path) -> Path:
-    """A local copy of one object, reused while its size matches (weights are immutable by convention)."""
-    with _cache_lock:
-        if uri in _downloaded and _downloaded[uri].exists():
-            return _downloaded[uri]
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local = cache_dir / "objects" / digest / Path(uri).name
-    if not (local.exists() and local.stat().st_size == storage.size(uri)):
-        storage.download(uri, local)
-    with _cache_lock:
-        _downloaded[uri] = local
-    return local
-
-
 def _expand(location: str, pattern: str, storage: Storage, cache_dir: Path, what: str) -> list[str]:
     """Files of `pattern` below `location` (a directory or prefix), or `location` itself when it is a file."""
     if is_s3(location):
         if storage.exists(location):
-            return [str(_local_file(location, storage, cache_dir))]
+            return [str(cached_local(location, storage, what, root=cache_dir / "objects"))]
         prefix = location.rstrip("/") + "/"
         matches = [u for u in storage.list(prefix) if fnmatch.fnmatch(u[len(prefix):], pattern)]
         if not matches:
             raise NotFound(f"no {what} weights matching {pattern!r} below {location}")
-        return [str(_local_file(u, storage, cache_dir)) for u in sorted(matches)]
+        return [str(cached_local(u, storage, what, root=cache_dir / "objects")) for u in sorted(matches)]
     path = Path(location)
     if path.is_file():
         return [str(path)]
@@ -75,21 +57,9 @@ def _expand(location: str, pattern: str, storage: Storage, cache_dir: Path, what
 
 def _local_dir(location: str, storage: Storage, cache_dir: Path, what: str) -> str:
     """A local directory with the files below `location` (tokenizers are directories of small files)."""
-    if not is_s3(location):
-        if not Path(location).is_dir():
-            raise NotFound(f"{what} directory {location} does not exist")
-        return location
-    prefix = location.rstrip("/") + "/"
-    uris = list(storage.list(prefix))
-    if not uris:
-        raise NotFound(f"{what} directory {location} is empty or missing")
-    digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
-    root = cache_dir / "dirs" / digest
-    for uri in uris:
-        local = root / uri[len(prefix):]
-        if not (local.exists() and local.stat().st_size == storage.size(uri)):
-            storage.download(uri, local)
-    return str(root)
+    if not is_s3(location) and not Path(location).is_dir():
+        raise NotFound(f"{what} directory {location} does not exist")
+    return str(cached_local(location, storage, what, root=cache_dir / "objects"))
 
 
 @dataclass
