@@ -103,3 +103,23 @@ def test_probe_media_in_the_object_store(storage, bucket, media_dir):
     assert f"{root}/bad.mp4" in probed.column("probe_error").to_pylist()[1]
     _, stats2 = probe_manifest(t, root, storage, cache_root=f"{bucket}/cache")
     assert stats2.cached == 2 and stats2.probed == 0   # keyed by URI + etag
+
+
+def test_a_probe_stopped_midway_resumes_from_its_cache(media_dir, tmp_path):
+    from vidtune.platform.errors import JobCancelled
+
+    root = tmp_path / "root"
+    shutil.copytree(media_dir, root)
+    t = listing("moving.mp4", "mandel.mp4", "still.mp4", "blurry.mp4")
+    cache = str(tmp_path / "cache")
+    calls = []
+
+    def stop_after_two():  # asked before each item: the job is stopped once two items are done
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(JobCancelled):
+        probe_manifest(t, str(root), cache_root=cache, workers=1, cancelled=stop_after_two)
+    again, stats = probe_manifest(t, str(root), cache_root=cache, workers=1)
+    assert (stats.cached, stats.probed) == (2, 2)          # nothing done twice, nothing lost
+    assert all(again.column("decodable").to_pylist())
