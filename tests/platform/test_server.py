@@ -76,3 +76,20 @@ def test_token_file_is_read(tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
     assert load_token({"VIDTUNE_TOKEN_FILE": str(tmp_path / "token")}) == "s3cret"
     assert load_token({}) is None
+
+
+def test_every_call_is_logged_with_its_code_and_duration(endpoint, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vidtune.server")
+    with grpc.insecure_channel(endpoint) as ch:
+        jobs = jobs_pb2_grpc.JobServiceStub(ch)
+        with pytest.raises(grpc.RpcError):
+            jobs.GetJob(jobs_pb2.GetJobRequest(id="tc-20260101-000000-abcdef"), metadata=AUTH, timeout=5)
+        with pytest.raises(grpc.RpcError):
+            jobs.ListJobs(jobs_pb2.ListJobsRequest(), timeout=5)
+        jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=AUTH, timeout=5)
+    lines = [(r.method, r.code) for r in caplog.records if hasattr(r, "method")]
+    assert lines == [("/vidtune.v1.JobService/GetJob", "NOT_FOUND"), ("/vidtune.v1.JobService/ListJobs", "UNAUTHENTICATED"),
+                     ("/vidtune.v1.JobService/ListJobs", "OK")]
+    assert all(r.duration_ms >= 0 for r in caplog.records if hasattr(r, "duration_ms"))

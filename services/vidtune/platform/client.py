@@ -80,29 +80,15 @@ def job_dict(job) -> dict:
 
 def watch(client: ServiceClient, job_id: str, show_bar: bool = True, out=sys.stderr):
     """Follow a job to its end with a progress bar (percent, ETA, message); return the final Job message."""
-    from tqdm import tqdm
-
     from vidtune.v1 import jobs_pb2
 
-    bar = None
     last = None
-    try:
+    with CliProgress(job_id, enabled=show_bar, out=out) as bar:
         for job in client.jobs().WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=client.metadata):
             last = job
             p = job.progress
-            if show_bar:
-                if bar is None and p.total:
-                    bar = tqdm(total=p.total, desc=job.id, unit="item", file=out, dynamic_ncols=True)
-                if bar is not None:
-                    if p.total != bar.total:
-                        bar.total = p.total
-                    bar.n = p.done
-                    eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 else ""
-                    bar.set_postfix_str(f"{jobs_pb2.JobState.Name(job.state)}{eta} {p.message[:60]}", refresh=False)
-                    bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
+            eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 and job.state == jobs_pb2.RUNNING else ""
+            bar(p.done, p.total, f"{jobs_pb2.JobState.Name(job.state)}{eta} {p.message}")
     if last is None:
         raise FailedPrecondition(f"job {job_id}: the watch stream ended without a state")
     return last
@@ -137,19 +123,29 @@ def submit_and_follow(service: str, args, submit) -> int:
 
 
 class CliProgress:
-    """A tqdm bar driven by the (done, total, message) callbacks the cores call."""
+    """Progress from (done, total, message) callbacks: a redrawn bar on a terminal; in logs and CI, one
+    line at each tenth of the way, so a piped run stays readable."""
 
-    def __init__(self, desc: str, unit: str = "item", enabled: bool = True):
+    def __init__(self, desc: str, unit: str = "item", enabled: bool = True, out=None):
         self.desc, self.unit, self.enabled = desc, unit, enabled
+        self.out = out or sys.stderr
         self.bar = None
+        self._tenth = -1
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if not self.enabled:
             return
+        if not self.out.isatty():
+            tenth = int(10 * done / total) if total else -1
+            if tenth != self._tenth:
+                self._tenth = tenth
+                share = f"{done}/{total} {self.unit}s ({100 * done / total:.0f}%)" if total else ""
+                print(f"{self.desc}: {share} {message[:100]}".rstrip(), file=self.out, flush=True)
+            return
         from tqdm import tqdm
 
         if self.bar is None and total:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=self.out, dynamic_ncols=True)
         if self.bar is not None:
             self.bar.total = total or self.bar.total
             self.bar.n = done

@@ -95,6 +95,42 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return self._deny_unary
 
 
+class AccessLogInterceptor(grpc.ServerInterceptor):
+    """One structured log line per call: method, status code, duration, peer. Health checks (probes
+    every few seconds) log at DEBUG."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method = details.method
+        level = logging.DEBUG if method.startswith(_OPEN_PREFIXES) else logging.INFO
+
+        def done(context, t0: float) -> None:
+            code = getattr(context.code() or grpc.StatusCode.OK, "name", "UNKNOWN")
+            ms = round(1000 * (time.monotonic() - t0), 1)
+            log.log(level, "%s %s %.1f ms", method, code, ms,
+                    extra={"method": method, "code": code, "duration_ms": ms, "peer": context.peer()})
+
+        if handler.response_streaming:
+            def stream(request, context):
+                t0 = time.monotonic()
+                try:
+                    yield from handler.unary_stream(request, context)
+                finally:
+                    done(context, t0)
+            return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+
+        def unary(request, context):
+            t0 = time.monotonic()
+            try:
+                return handler.unary_unary(request, context)
+            finally:
+                done(context, t0)
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+
+
 # --------------------------------------------------------------------------- errors
 def _abort(context, exc: BaseException, method: str):
     if isinstance(exc, VidtuneError):
@@ -226,7 +262,7 @@ class Server:
         from vidtune.v1 import jobs_pb2, jobs_pb2_grpc
 
         self.definition = definition
-        interceptors = [AuthInterceptor(token)] if token else []
+        interceptors = [AccessLogInterceptor(), *([AuthInterceptor(token)] if token else [])]
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                                   thread_name_prefix=f"{definition.name}-rpc"),
                                        interceptors=interceptors,
