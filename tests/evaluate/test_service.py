@@ -65,6 +65,10 @@ def test_bad_requests_are_rejected_with_the_reason(storage, jobs_root, serve):
                                                            output="s3://b-x/v", num_frames=16), metadata=META)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "4n+1" in e.value.details()
         with pytest.raises(grpc.RpcError) as e:
+            ev.SubmitGenerate(evaluate_pb2.GenerateRequest(prompts="s3://b-x/p.jsonl", checkpoints=["base"],
+                                                           output="s3://b-x/v", dtype="float8"), metadata=META)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dtype must be" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
             ev.SubmitScore(evaluate_pb2.ScoreRequest(videos="/etc", output="s3://b-x/out"), metadata=META)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an s3:// URI" in e.value.details()
 

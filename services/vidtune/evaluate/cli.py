@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cfg-scale", type=float, default=1.0)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--fps", type=float, default=16.0)
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="model precision (V100 GPUs have no bf16 units: float16 there)")
     job_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -77,7 +79,7 @@ def _generate_spec(args) -> dict:
     return {"prompts": args.prompts, "checkpoints": args.checkpoints, "output": args.out, "model": args.model,
             "weights": args.weights or "", "seeds": _seeds(args.seeds), "height": args.height,
             "width": args.width, "num_frames": args.num_frames, "steps": args.steps, "cfg_scale": args.cfg_scale,
-            "negative_prompt": args.negative_prompt, "fps": args.fps}
+            "negative_prompt": args.negative_prompt, "fps": args.fps, "dtype": args.dtype}
 
 
 def _score_spec(args) -> dict:
