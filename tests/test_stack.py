@@ -42,3 +42,25 @@ def test_local_stack_up_submit_watch_down(tmp_path):
     for pid in state["pids"].values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (tmp_path / "home/stack.json").exists()
+
+
+def test_store_commands_copy_and_list(storage, bucket, tmp_path, s3_env):
+    env = {**os.environ, **s3_env}
+    (tmp_path / "d/sub").mkdir(parents=True)
+    (tmp_path / "d/a.txt").write_text("a")
+    (tmp_path / "d/sub/b.txt").write_text("bb")
+
+    def vidtune(*args):
+        return subprocess.run([sys.executable, "-m", "vidtune.cli", "store", *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    assert vidtune("cp", str(tmp_path / "d"), f"{bucket}/up").returncode == 0
+    assert storage.read_text(f"{bucket}/up/sub/b.txt") == "bb"
+    assert vidtune("cp", str(tmp_path / "d/a.txt"), f"{bucket}/one/").returncode == 0
+    assert storage.read_text(f"{bucket}/one/a.txt") == "a"
+    r = vidtune("ls", f"{bucket}/up/")
+    assert r.stdout.split() == ["1", f"{bucket}/up/a.txt", "2", f"{bucket}/up/sub/b.txt"]
+    assert vidtune("cp", f"{bucket}/up/", str(tmp_path / "back")).returncode == 0
+    assert (tmp_path / "back/sub/b.txt").read_text() == "bb"
+    r = vidtune("cp", f"{bucket}/nothing/", str(tmp_path / "x"))
+    assert r.returncode == 2 and "nothing at" in r.stderr

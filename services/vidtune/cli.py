@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop what `vidtune up` started")
     down.set_defaults(func=cmd_down)
 
+    store = sub.add_parser("store", help="list and copy objects (s3:// URIs or local paths), as the services see them")
+    ssub = store.add_subparsers(dest="action", required=True)
+    ls = ssub.add_parser("ls", help="every object below a prefix, with its size")
+    ls.add_argument("prefix")
+    ls.set_defaults(func=cmd_store)
+    cp = ssub.add_parser("cp", help="copy a file or a whole directory/prefix (recursively) to another place")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(func=cmd_store)
+
     health = sub.add_parser("health", help="check a service's grpc.health.v1 status (exit 0 when SERVING)")
     health.add_argument("--port", type=int, required=True)
     health.add_argument("--host", default="127.0.0.1")
@@ -203,6 +213,31 @@ def cmd_down(args) -> int:
 
     stopped = stack.down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_store(args) -> int:
+    from pathlib import Path
+
+    from vidtune.platform.storage import Storage, basename, is_s3, join
+
+    storage = Storage()
+    if args.action == "ls":
+        for uri in storage.list(args.prefix):
+            print(f"{storage.size(uri):>12,}  {uri}")
+        return 0
+    # A trailing "/" always means a prefix (some stores answer a stat of "dir/" as if it were an object).
+    single = not args.source.endswith("/") and (
+        Path(args.source).is_file() if not is_s3(args.source) else storage.exists(args.source))
+    sources = [args.source] if single else list(storage.list(args.source.rstrip("/") + "/"))
+    if not sources:
+        raise NotFound(f"nothing at {args.source}")
+    for src in sources:
+        dst = (join(args.destination, basename(src)) if args.destination.endswith("/") else args.destination) \
+            if single else join(args.destination, src[len(args.source.rstrip("/")) + 1:])
+        with storage.local_copy(src) as local:
+            storage.upload(local, dst)
+        print(f"{src} -> {dst}", file=sys.stderr)
     return 0
 
 
