@@ -60,6 +60,28 @@ def make_clip(path: Path, width: int, height: int, seconds: float, fps: float = 
     return path
 
 
+def make_rotated_clip(path: Path, width: int, height: int, frames: int = 25, rotation: int = 90,
+                      value: int = 255) -> Path:
+    """A clip stored as width x height with display-rotation metadata (as phones record portrait video).
+
+    ffmpeg 5.1's command line cannot write that metadata; PyAV can."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.set_display_rotation(rotation)
+        frame = np.full((height, width, 3), value, np.uint8)
+        for _ in range(frames):
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
 def make_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
     import cv2
     import numpy as np

@@ -158,3 +158,21 @@ def test_score_cli_on_a_local_directory_with_prompt_file(tmp_path, tiny_clip_dir
     assert noise["metrics"]["temporal_consistency"] < cat["metrics"]["temporal_consistency"]
     assert np.isfinite(noise["metrics"]["quality"])
     assert "FVD not measured" in capsys.readouterr().err
+
+
+def test_two_expert_model_generates_and_its_high_noise_lora_changes_the_video(tmp_path):
+    """T2V-A14B's shape: two DiTs switched at the spec's boundary; a LoRA for the high-noise expert."""
+    from vidtune.evaluate.videoio import read_frames
+
+    (tmp_path / "prompts.jsonl").write_text(json.dumps(PROMPTS[0], ensure_ascii=False) + "\n")
+    (tmp_path / "ck").mkdir()
+    write_tiny_lora(tmp_path / "ck" / "epoch-0.safetensors", model="tiny-t2v-a14b", scale=1.0)
+    gen = generate_samples(str(tmp_path / "prompts.jsonl"), ["base", str(tmp_path / "ck" / "epoch-0.safetensors")],
+                           str(tmp_path / "videos"), GenerationSettings(model="tiny-t2v-a14b", seeds=[0], num_frames=9,
+                                                                        steps=4))
+    assert gen["generated"] == 2 and not gen["failed"]
+    base, lora = sorted(gen["videos"], key=lambda v: "/base/" not in v)
+    a, _ = read_frames(base)
+    b, _ = read_frames(lora)
+    assert a.shape == b.shape == (9, 64, 64, 3)
+    assert np.abs(a.astype(float) - b.astype(float)).mean() > 0.5

@@ -123,3 +123,10 @@ def test_a_probe_stopped_midway_resumes_from_its_cache(media_dir, tmp_path):
     again, stats = probe_manifest(t, str(root), cache_root=cache, workers=1)
     assert (stats.cached, stats.probed) == (2, 2)          # nothing done twice, nothing lost
     assert all(again.column("decodable").to_pylist())
+
+
+def test_rotation_is_read_and_sizes_are_as_displayed(tmp_path):
+    from vidtune.samples import make_rotated_clip
+
+    row = probe_file(make_rotated_clip(tmp_path / "phone.mp4", 320, 240, rotation=90))
+    assert row["probe_rotation"] == 90 and (row["probe_width"], row["probe_height"]) == (240, 320)

@@ -1,13 +1,11 @@
 """Geometry, timing and format of single encodes with the real ffmpeg."""
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.media import probe_video
-from vidtune.samples import ffmpeg_run, make_clip, make_image
+from vidtune.samples import ffmpeg_run, make_clip, make_image, make_rotated_clip
 from vidtune.transcode.encode import encode_image, encode_video
 from vidtune.transcode.profiles import get_profile
 
@@ -39,16 +37,7 @@ def test_picture_is_centred_on_black_bars(tmp_path, helpers, w, h, expected_x0, 
 
 
 def test_rotation_metadata_is_honoured(tmp_path, helpers):
-    src = tmp_path / "rotated.mp4"
-    with av.open(str(src), "w") as c:  # stored 320x240, shown portrait 240x320
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
-        s.set_display_rotation(90)
-        for _ in range(25):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.full((240, 320, 3), 255, np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    src = make_rotated_clip(tmp_path / "rotated.mp4", 320, 240, rotation=90)  # shown portrait 240x320
     assert probe_video(src).rotation == 90
     out = tmp_path / "out.mp4"
     encode_video(src, out, P720, "rotated")
