@@ -233,3 +233,13 @@ def test_bad_grade_config_is_rejected_with_reason(tmp_path):
                    "acceptance: {}\n")
     with pytest.raises(InvalidArgument, match="min/max"):
         load_config(str(bad))
+
+
+def test_reading_a_playlist_disguised_as_video_is_refused(tmp_path):
+    from vidtune.evaluate.videoio import read_frames
+    from vidtune.platform.errors import InvalidArgument
+
+    sneaky = tmp_path / "clip.mp4"
+    sneaky.write_text("ffconcat version 1.0\nfile '/etc/hostname'\n")
+    with pytest.raises(InvalidArgument, match="clip.mp4: cannot decode video"):
+        read_frames(sneaky)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.media import SAFE_OPEN_OPTIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 
@@ -28,7 +29,7 @@ def read_frames(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, floa
 
     frames: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=SAFE_OPEN_OPTIONS) as container:
             if not container.streams.video:
                 raise InvalidArgument(f"{path}: no video stream")
             stream = container.streams.video[0]

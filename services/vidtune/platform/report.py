@@ -75,7 +75,7 @@ class Report:
         while name in self._files:
             i += 1
             name = f"{base}-{i}.png"
-        self._files[name] = _png_bytes(fig_or_png)
+        self._files[name] = png_bytes(fig_or_png)
         rel = f"figures/{name}"
         self._md.append(f"![{caption}]({rel})\n\n*{caption}*\n")
         self._html.append(f'<figure><img src="{rel}" alt="{html.escape(caption)}">'
@@ -122,7 +122,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _png_bytes(obj) -> bytes:
+def png_bytes(obj) -> bytes:
+    """PNG bytes of a matplotlib figure (closed after saving), of PNG bytes, or of a PNG file."""
     if isinstance(obj, (bytes, bytearray)):
         return bytes(obj)
     if isinstance(obj, (str, Path)):

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from vidtune.platform.errors import InvalidArgument, NotFound
-from vidtune.platform.media import probe_video
+from vidtune.platform.media import SAFE_OPEN_OPTIONS, probe_video
 from vidtune.platform.storage import Storage, is_s3, join, split_uri
 
 from .manifest import resolve_media
@@ -168,7 +168,7 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     stride = max(1, min(expected, settings.max_decode_frames) // max(1, settings.flow_pairs))
     decoded, last_t, error = 0, 0.0, None
-    with av.open(str(path), metadata_errors="ignore") as c:
+    with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         prev_small = None

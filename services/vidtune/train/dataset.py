@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..platform.errors import InvalidArgument, NotFound
+from ..platform.media import SAFE_OPEN_OPTIONS
 from ..platform.storage import Storage, join
 
 MEDIA_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".wmv", ".flv", ".gif",
@@ -71,7 +72,7 @@ class _PyAVReader:
     def __init__(self, path: str):
         import av
 
-        self.container = av.open(str(path))
+        self.container = av.open(str(path), options=SAFE_OPEN_OPTIONS)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self._decoded = self.container.decode(self.stream)

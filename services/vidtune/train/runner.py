@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from ..platform.errors import FailedPrecondition, InvalidArgument, NotFound
-from ..platform.report import Report, new_figure
+from ..platform.report import Report, new_figure, png_bytes
 from ..platform.storage import Storage, join
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
@@ -185,17 +185,6 @@ def plot_loss(metrics: list[dict], title: str):
     return fig
 
 
-def _write_png(fig, uri: str, storage: Storage) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    storage.write_bytes(uri, buf.getvalue(), "image/png")
-
-
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -349,7 +338,8 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
                 "order": {"seed": cfg.seed, "repeat": cfg.dataset_repeat, "epochs": cfg.epochs,
                           "grad_accum": cfg.gradient_accumulation_steps, "world_size": world}})
             if metrics:
-                _write_png(plot_loss(metrics, f"{cfg.spec.name} LoRA"), paths.loss_png, storage)
+                storage.write_bytes(paths.loss_png, png_bytes(plot_loss(metrics, f"{cfg.spec.name} LoRA")),
+                                    "image/png")
         accelerator.wait_for_everyone()
         shutil.rmtree(local, ignore_errors=True)
 
@@ -406,7 +396,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
 
     # 5. final artefacts (every process takes the same branch: saving may gather across ranks)
     if end > resumed_from or not storage.exists(paths.final_lora):
-        uris = save_lora(paths.final_lora, result.steps, order.epochs_completed(result.steps))
+        save_lora(paths.final_lora, result.steps, order.epochs_completed(result.steps))
     result.lora = paths.final_lora
     result.lora_comfyui = paths.final_lora.replace(".safetensors", ".comfyui.safetensors")
     flush(result.steps)
@@ -417,21 +407,23 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
                          if storage.exists(paths.epoch_lora(e))}
         result.metrics = paths.metrics
         if metrics:
-            _write_png(plot_loss(metrics, f"{cfg.spec.name} LoRA"), paths.loss_png, storage)
+            loss_png = png_bytes(plot_loss(metrics, f"{cfg.spec.name} LoRA"))  # drawn once: file and report
+            storage.write_bytes(paths.loss_png, loss_png, "image/png")
             result.loss_png = paths.loss_png
-            result.report = write_report(cfg, result, metrics, rejected, storage)
+            result.report = write_report(cfg, result, metrics, rejected, storage, loss_png)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
-def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejected: dict, storage: Storage) -> str:
+def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejected: dict, storage: Storage,
+                 loss_png: bytes) -> str:
     """The human-facing summary of a run: loss curve, throughput and where the checkpoints are."""
     rep = Report(f"LoRA training: {cfg.spec.name}")
     rep.paragraph(f"{result.steps} of {result.total_steps} steps on {result.samples} samples "
                   f"({result.rejected} rejected), {cfg.height}x{cfg.width}x{cfg.num_frames}, "
                   f"rank {cfg.lora_rank}, precision {cfg.precision}.")
-    rep.figure(plot_loss(metrics, f"{cfg.spec.name} LoRA"), "Flow-matching loss per step", name="loss")
+    rep.figure(loss_png, "Flow-matching loss per step", name="loss")
     times = sorted(m["step_time_s"] for m in metrics)
     rep.table(["measure", "value"], [
         ["final loss", f"{result.final_loss:.4f}"],
