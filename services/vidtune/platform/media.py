@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from .errors import InvalidArgument
@@ -97,7 +96,3 @@ def _rotation(container) -> int:
     except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
         return 0
     return int(round(deg)) % 360 // 90 * 90
-
-
-def as_fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)

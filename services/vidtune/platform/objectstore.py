@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FailedPrecondition, Unavailable
@@ -138,7 +138,3 @@ def stop_process(pid: int, timeout: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def info_dict(info: ObjectStoreInfo) -> dict:
-    return asdict(info)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -201,10 +201,6 @@ def proto_to_dict(msg) -> dict:
     """A request message as a plain spec dict (field names as in the .proto, defaults included)."""
     return json_format.MessageToDict(msg, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
-
-
-def struct_to_dict(s: struct_pb2.Struct) -> dict:
-    return json_format.MessageToDict(s)
 
 
 class JobServicer:
