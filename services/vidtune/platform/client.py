@@ -78,7 +78,7 @@ def job_dict(job) -> dict:
     return json_format.MessageToDict(job, preserving_proto_field_name=True)
 
 
-def watch(client: ServiceClient, job_id: str, show_bar: bool = True, out=sys.stderr):
+def watch(client: ServiceClient, job_id: str, show_bar: bool = True, out=None):
     """Follow a job to its end with a progress bar (percent, ETA, message); return the final Job message."""
     from vidtune.v1 import jobs_pb2
 
