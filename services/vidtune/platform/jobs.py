@@ -201,6 +201,30 @@ class JobContext:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
 
+class LocalJobStore(JobStore):
+    """For a handler run by a CLI command in this process: no record is kept, nothing cancels it."""
+
+    def __init__(self, service: str):
+        super().__init__(None, "", service)
+
+    def save(self, record: dict) -> None:
+        pass
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return False
+
+
+def run_in_process(record: dict, handler: Handler, storage: Storage, scratch: Path,
+                   progress: Callable[[int, int, str], None] = lambda d, t, m: None) -> dict:
+    """Run a job handler here and now (errors propagate to the caller); returns the job's result."""
+    def report(rec: dict) -> None:
+        p = rec["progress"]
+        progress(p["done"], p["total"], p["message"])
+
+    ctx = JobContext(record, storage, LocalJobStore(record["service"]), Path(scratch), report)
+    return {**record["result"], **(handler(ctx) or {})}
+
+
 def execute(record: dict, handler: Handler, storage: Storage, store: JobStore,
             on_change: Callable[[dict], None] = lambda r: None) -> dict:
     """Run one job to a terminal state, writing its record as it goes. Used by every launcher."""

@@ -163,7 +163,7 @@ def cmd_step(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from vidtune.platform.jobs import new_record
+    from vidtune.platform.jobs import new_record, run_in_process
     from vidtune.platform.storage import join
 
     from .tasks import HANDLERS
@@ -171,41 +171,10 @@ def cmd_step(args) -> int:
     # In-process: the same handler a job runs, with a context that reports to a progress bar.
     with CliProgress(f"quality {args.kind}", enabled=not args.quiet) as bar, \
             tempfile.TemporaryDirectory(prefix="vt-quality-") as scratch:
-        ctx = _LocalContext(new_record("quality", f"quality.{args.kind}", spec), Storage(), None, Path(scratch))
-        ctx.bar = bar
-        result = HANDLERS[f"quality.{args.kind}"](ctx)
-    result = {**ctx.record["result"], **result}
+        result = run_in_process(new_record("quality", f"quality.{args.kind}", spec),
+                                HANDLERS[f"quality.{args.kind}"], Storage(), Path(scratch), bar)
     if args.kind == "run":
         print(f"{result['rows_in']} rows: {result['clean']} clean, {result['rejected']} rejected; "
               f"report: {join(spec['output'], 'report.json')}", file=sys.stderr)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
-
-
-class _LocalContext:
-    """The parts of JobContext a handler uses, for a run in this process (no job record is stored)."""
-
-    def __init__(self, record: dict, storage: Storage, store, scratch):
-        self.record, self.storage, self.scratch = record, storage, scratch
-        self.bar = None
-
-    @property
-    def spec(self) -> dict:
-        return self.record["spec"]
-
-    @property
-    def job_id(self) -> str:
-        return self.record["id"]
-
-    def progress(self, done: int, total: int, message: str = "", force: bool = False) -> None:
-        if self.bar is not None:
-            self.bar(done, total, message)
-
-    def set_result(self, **values) -> None:
-        self.record["result"].update(values)
-
-    def cancelled(self) -> bool:
-        return False
-
-    def check_cancelled(self) -> None:
-        return None
