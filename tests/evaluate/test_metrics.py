@@ -243,3 +243,18 @@ def test_reading_a_playlist_disguised_as_video_is_refused(tmp_path):
     sneaky.write_text("ffconcat version 1.0\nfile '/etc/hostname'\n")
     with pytest.raises(InvalidArgument, match="clip.mp4: cannot decode video"):
         read_frames(sneaky)
+
+
+def test_reference_manifests_read_every_listed_format(tmp_path):
+    import json as _json
+
+    from vidtune.evaluate.scoring import list_reference
+    from vidtune.platform.storage import Storage
+
+    rows = [{"video": "a.mp4", "category": "nature"}, {"video": "s3://bk/b.mp4"}]
+    (tmp_path / "ref.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ref.json").write_text(_json.dumps({"videos": rows}))
+    (tmp_path / "ref.csv").write_text("video,category\na.mp4,nature\ns3://bk/b.mp4,\n")
+    expected = [(str(tmp_path / "a.mp4"), "nature"), ("s3://bk/b.mp4", "general")]
+    for name in ("ref.jsonl", "ref.json", "ref.csv"):
+        assert list_reference(str(tmp_path / name), Storage()) == expected, name

@@ -32,7 +32,8 @@ class PromptItem:
         return asdict(self)
 
 
-def _rows(text: str, uri: str) -> list[dict]:
+def read_rows(text: str, uri: str, what: str = "prompt set", key: str = "prompts") -> list[dict]:
+    """Rows of a .jsonl, .csv, .json or .yaml file (a list, or a mapping holding the list under `key`)."""
     low = uri.lower()
     try:
         if low.endswith(".jsonl"):
@@ -44,20 +45,20 @@ def _rows(text: str, uri: str) -> list[dict]:
         elif low.endswith(".csv"):
             return list(csv.DictReader(io.StringIO(text)))
         else:
-            raise InvalidArgument(f"prompt set {uri}: unknown format (use .jsonl, .json, .yaml or .csv)")
+            raise InvalidArgument(f"{what} {uri}: unknown format (use .jsonl, .json, .yaml or .csv)")
     except (ValueError, yaml.YAMLError) as e:
-        raise InvalidArgument(f"prompt set {uri}: cannot parse ({e})") from None
+        raise InvalidArgument(f"{what} {uri}: cannot parse ({e})") from None
     if isinstance(data, dict):
-        data = data.get("prompts")
+        data = data.get(key)
     if not isinstance(data, list):
-        raise InvalidArgument(f"prompt set {uri}: expected a list of prompts")
+        raise InvalidArgument(f"{what} {uri}: expected a list of rows")
     return data
 
 
 def load_prompts(uri: str, storage: Storage | None = None) -> list[PromptItem]:
     """Parse and validate a prompt set; errors name the file, the row and the reason."""
     storage = storage or Storage()
-    rows = _rows(storage.read_text(uri), uri)
+    rows = read_rows(storage.read_text(uri), uri)
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     items, seen = [], set()
     for n, row in enumerate(rows, 1):

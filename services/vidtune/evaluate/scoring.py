@@ -32,7 +32,7 @@ from . import fvd as fvdlib
 from .clipscore import DEFAULT_CLIP_MODEL, ClipModel, load_clip, temporal_consistency, text_video_cosine
 from .framestats import colour_entropies, flicker, laplacian_variance, normalised_sharpness
 from .grades import acceptance, grade, load_config, quality_score
-from .prompts import DEFAULT_CATEGORY, PromptItem, load_prompts
+from .prompts import DEFAULT_CATEGORY, PromptItem, load_prompts, read_rows
 from .videoio import contact_sheet, is_video, read_frames, uniform_indices
 
 log = logging.getLogger("vidtune.evaluate.scoring")
@@ -164,11 +164,7 @@ def list_reference(reference: str, storage: Storage) -> list[tuple[str, str]]:
     """(video URI, category) of reference clips: a manifest (.jsonl/.csv with video, category) or a
     directory whose first-level subfolders name categories (videos directly inside: category "general")."""
     if reference.lower().endswith((".jsonl", ".csv", ".json", ".yaml", ".yml")):
-        import csv
-
-        text = storage.read_text(reference)
-        rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if reference.endswith(".jsonl")
-                else list(csv.DictReader(io.StringIO(text))))
+        rows = read_rows(storage.read_text(reference), reference, "reference manifest", key="videos")
         base = reference.rsplit("/", 1)[0]
         out = []
         for n, r in enumerate(rows, 1):
