@@ -1,6 +1,11 @@
+import json
+import secrets
+import urllib.request
+
 import pytest
 
 from vidtune.platform.errors import InvalidArgument, NotFound
+from vidtune.platform.objectstore import MAX_VOLUMES
 from vidtune.platform.storage import S3Config, Storage, join, require_object_uris, split_uri, validate_key
 
 
@@ -77,3 +82,15 @@ def test_services_refuse_local_paths_unless_allowed(monkeypatch):
         require_object_uris(["s3://b/x", "/etc/passwd"], "inputs")
     monkeypatch.setenv("VIDTUNE_ALLOW_LOCAL_PATHS", "1")
     require_object_uris(["/data/x"], "inputs")
+
+
+def test_bucket_count_is_not_capped_by_free_disk(object_store, storage):
+    # Each bucket takes a volume of its own; weed mini's automatic cap (free disk / 1 GiB) once ran out
+    # after a few dozen buckets on a fuller disk and every later write failed with HTTP 500.
+    status = json.loads(urllib.request.urlopen(f"http://{object_store.master}/dir/status", timeout=10).read())
+    assert status["Topology"]["Max"] == MAX_VOLUMES
+    for i in range(40):
+        uri = f"s3://t-many-buckets-{secrets.token_hex(3)}-{i}/k"
+        storage.ensure_bucket(uri)
+        storage.write_bytes(uri, b"x")
+        assert storage.read_bytes(uri) == b"x"

