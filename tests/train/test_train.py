@@ -165,3 +165,23 @@ def test_a_changed_config_refuses_to_resume(tiny_dataset, tmp_path):
     run_training("cpu-tiny", str(tiny_dataset), str(tmp_path / "r"), max_steps=4)
     with pytest.raises(FailedPrecondition, match="another config"):
         run_training({"preset": "cpu-tiny", "lora_rank": 8, "lora_alpha": 8}, str(tiny_dataset), str(tmp_path / "r"))
+
+
+def test_uncached_training_substitutes_an_undecodable_sample_and_resumes_the_same(tiny_dataset, tmp_path):
+    cfg = {"preset": "cpu-tiny", "use_cache": False, "save_every_steps": 2, "epochs": 1}
+    full = run_training(cfg, str(tiny_dataset), str(tmp_path / "full"))
+    assert full["steps"] == full["total_steps"] == 5 and full["rejected"] == 1
+    rejected = (tmp_path / "full" / "cache" / "tiny-ti2v-64x64x9-fp32" / "rejected-0.jsonl").read_text()
+    assert "broken0.mp4" in rejected and "cannot decode" in rejected
+
+    def crash_at_3(step, entry):
+        if step == 3:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"), on_step=crash_at_3)
+    resumed = run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"))
+    assert resumed["resumed_from"] == 2 and resumed["rejected"] == 1
+    full_loss = [m["loss"] for m in _metrics(tmp_path / "full" / "metrics.jsonl")]
+    cut_loss = [m["loss"] for m in _metrics(tmp_path / "cut" / "metrics.jsonl")]
+    assert np.allclose(full_loss, cut_loss, rtol=1e-4, atol=1e-6)  # the same substitutions after resuming

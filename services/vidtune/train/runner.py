@@ -98,10 +98,7 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
         try:
             frames = _decode(sample, cfg, storage, scratch)
         except (InvalidArgument, NotFound) as e:  # one corrupt or missing file never fails the run
-            rejected[sample.id] = f"{type(e).__name__}: {e}"
-            storage.write_text(rejected_uri, "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n"
-                                                      for k, v in rejected.items()))
-            log.warning("sample %s rejected: %s", sample.id, rejected[sample.id])
+            _record_rejection(storage, rejected_uri, rejected, sample, e)
             continue
         entry = encode_sample(pipe, units, frames, sample.prompt, cfg.spec.family)
         local = scratch / f"{sample.cache_key(settings)}.pt"
@@ -128,6 +125,43 @@ def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path, a
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5)
+
+
+def _record_rejection(storage: Storage, uri: str, rejected: dict[str, str], sample: Sample, error: Exception) -> None:
+    rejected[sample.id] = f"{type(error).__name__}: {error}"
+    storage.write_text(uri, "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n"
+                                    for k, v in rejected.items()))
+    log.warning("sample %s rejected: %s", sample.id, rejected[sample.id])
+
+
+class DecodingReader:
+    """Frames for training without the cache, decoded when a sample's step comes.
+
+    An undecodable sample is rejected (recorded as the caching stage does) and the next decodable sample
+    in dataset order takes its place. Every rank thus runs the same micro-steps, and a resumed run, which
+    skips the recorded rejections, makes the same substitutions.
+    """
+
+    def __init__(self, cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storage: Storage, scratch: Path,
+                 rank: int):
+        self.cfg, self.samples, self.storage, self.scratch = cfg, samples, storage, scratch
+        self.rejected_uri = join(paths.cache, f"rejected-{rank}.jsonl")
+        self.own_rejected = _read_rejected(storage, self.rejected_uri)
+        self.known_rejected = set(all_rejected(paths, storage))
+
+    def __call__(self, index: int) -> tuple[Sample, torch.Tensor]:
+        n = len(self.samples)
+        for k in range(n):
+            sample = self.samples[(index + k) % n]
+            if sample.id in self.known_rejected:
+                continue
+            try:
+                return sample, _decode(sample, self.cfg, self.storage, self.scratch)
+            except (InvalidArgument, NotFound) as e:
+                _record_rejection(self.storage, self.rejected_uri, self.own_rejected, sample, e)
+                self.known_rejected.add(sample.id)
+        raise FailedPrecondition(f"dataset {self.cfg.dataset}: every sample was rejected ({n}); "
+                                 f"see {self.rejected_uri}")
 
 
 def _read_rejected(storage: Storage, uri: str) -> dict[str, str]:
@@ -308,7 +342,8 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     if end > total:
         end = total
 
-    reader = CacheReader(paths, storage, scratch / "cache")
+    reader = CacheReader(paths, storage, scratch / "cache") if cfg.use_cache else None
+    decoder = None if cfg.use_cache else DecodingReader(cfg, samples, paths, storage, scratch, rank)
     unwrapped = accelerator.unwrap_model(model)
     result = RunResult(steps=start, total_steps=total, resumed_from=resumed_from, out=out,
                        samples=len(samples), rejected=len(rejected))
@@ -352,12 +387,12 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         micro_losses = []
         ids = order.step_samples(step, rank)
         for index in ids:
-            sample = samples[index]
             with accelerator.accumulate(model):
                 if cfg.use_cache:
-                    loss = model(cached=reader(sample))
+                    loss = model(cached=reader(samples[index]))
                 else:
-                    loss = model(frames=_decode(sample, cfg, storage, scratch), prompt=sample.prompt)
+                    sample, frames = decoder(index)
+                    loss = model(frames=frames, prompt=sample.prompt)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and not deepspeed and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unwrapped.trainable_modules(), cfg.max_grad_norm)
@@ -395,6 +430,10 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
             on_step(done, entry)
 
     # 5. final artefacts (every process takes the same branch: saving may gather across ranks)
+    if decoder is not None:
+        accelerator.wait_for_everyone()
+        rejected = all_rejected(paths, storage)
+        result.rejected = len(rejected)
     if end > resumed_from or not storage.exists(paths.final_lora):
         save_lora(paths.final_lora, result.steps, order.epochs_completed(result.steps))
     result.lora = paths.final_lora
