@@ -81,22 +81,59 @@ def test_near_duplicates_need_close_hashes_and_the_same_shape_and_length():
     assert res.rejected.column("reasons").to_pylist() == [["near_duplicate: within 2 bits of r0"]]
 
 
-def test_near_duplicate_banding_finds_every_pair_within_the_distance():
+def test_a_row_joined_through_a_later_row_names_its_closest_match_and_the_kept_row():
+    # r2 is 8 bits from r1 and 10 from r0; r1 is 2 bits from r0: one cluster kept as r0.
+    res = apply_rules(manifest({"phash": "f0f0f0f0f0f0f0f0"}, {"phash": "f0f0f0f0f0f0f0f3"},
+                               {"phash": "f0f0f0f0f0f00ff3"}), default_rules())
+    assert res.clean.column("id").to_pylist() == ["r0"]
+    assert res.rejected.column("reasons").to_pylist() == [
+        ["near_duplicate: within 2 bits of r0"], ["near_duplicate: within 8 bits of r1 (its cluster keeps r0)"]]
+
+
+@pytest.mark.parametrize("bits,max_distance", [(192, 8), (192, 16), (192, 24), (64, 5), (64, 16)])
+def test_near_duplicates_match_an_all_pairs_search(bits, max_distance):
     import random
 
-    rng = random.Random(3)
-    base = [rng.getrandbits(192) for _ in range(40)]
-    hashes, truth = [], {}
-    for i, b in enumerate(base):
-        hashes.append(f"{b:048x}")
-        flipped = b
-        for bit in rng.sample(range(192), 8):   # exactly 8 bits away: the limit
-            flipped ^= 1 << bit
-        truth[len(hashes)] = i
-        hashes.append(f"{flipped:048x}")
-    found = near_duplicates(hashes, 8)
-    assert {i: d[0] for i, d in enumerate(found) if d} == {k: 2 * v for k, v in truth.items()}
-    assert not any(near_duplicates(hashes, 7))
+    rng = random.Random(bits + max_distance)
+    values = []
+    for _ in range(30):  # variants a few bits either side of the threshold
+        base = rng.getrandbits(bits)
+        values.append(base)
+        for k in (max_distance - 2, max_distance, max_distance + 2):
+            v = base
+            for bit in rng.sample(range(bits), k):
+                v ^= 1 << bit
+            values.append(v)
+    shared = rng.getrandbits(bits // 2)  # 40 hashes alike in their low half: buckets too big for pair loops
+    values += [(rng.getrandbits(bits - bits // 2) << (bits // 2)) | shared for _ in range(40)]
+    rng.shuffle(values)
+    hashes = [f"{v:0{bits // 4}x}" for v in values]
+
+    parent = list(range(len(values)))  # all-pairs reference: clusters led by their earliest row
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    closest = {}
+    for j in range(len(values)):
+        for i in range(j):
+            d = (values[i] ^ values[j]).bit_count()
+            if d <= max_distance:
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+                closest[i] = min((d, j), closest.get(i, (d, j)))
+                closest[j] = min((d, i), closest.get(j, (d, i)))
+    expected = [(find(i), closest[i][1], closest[i][0]) if find(i) != i else None for i in range(len(values))]
+    assert any(expected)
+    assert near_duplicates(hashes, max_distance) == expected
+
+
+def test_hashes_of_different_lengths_are_never_compared():
+    image = "00000000000000ff"
+    video = "0" * 32 + image  # same value, three frames long
+    assert near_duplicates([image, video, image], 4) == [None, None, (0, 0, 0)]
 
 
 def test_unprobed_manifest_skips_probe_rules_and_rows_add_up():

@@ -18,8 +18,9 @@ the probe scores (blur, motion, black_ratio, frozen_ratio, scene_cuts, file_size
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -286,7 +287,7 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
 
             dup_of = near_duplicates(table.column(rule.field).to_pylist(), rule.max_distance, compatible)
             mask = np.array([d is not None for d in dup_of], dtype=bool)
-            add(rule, mask, lambda i: f"within {dup_of[i][1]} bits of {ids[dup_of[i][0]]}")
+            add(rule, mask, lambda i: _near_duplicate_reason(dup_of[i], ids))
     rejected_mask = np.array([bool(r) for r in reasons], dtype=bool)
     clean = table.filter(pa.array(~rejected_mask))
     rejected = table.filter(pa.array(rejected_mask)).append_column(
@@ -307,21 +308,19 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
 
 
 def near_duplicates(hashes: list[str | None], max_distance: int,
-                    compatible: Callable[[int, int], bool] | None = None) -> list[tuple[int, int] | None]:
-    """For each row, (index of the earlier row it nearly duplicates, distance) or None.
+                    compatible: Callable[[int, int], bool] | None = None) -> list[tuple[int, int, int] | None]:
+    """For each row that is not the first of its cluster: (the cluster's first row, the row's closest
+    match, their distance); None for the others. A row can join a cluster through a later row, so its
+    closest match need not be the first row.
 
-    Hex hashes of equal length are compared by Hamming distance. Candidates come from banding: split each
-    hash into max_distance + 1 bands; two hashes within max_distance bits agree exactly on at least one
-    band (pigeonhole), so only rows sharing a band value are compared. `compatible(i, j)` can veto a pair.
+    Hex hashes of equal length are compared by Hamming distance (an image's one-frame hash is never compared
+    with a video's three-frame one). Candidates come from banding: split each hash into max_distance + 1
+    disjoint bands; two hashes within max_distance bits agree exactly on at least one band (pigeonhole), so
+    only rows sharing a band value are compared. A raised threshold means narrow bands and large buckets,
+    so the rows of a bucket are compared block by block in numpy rather than pair by pair.
+    `compatible(i, j)` can veto a pair.
     """
     n = len(hashes)
-    out: list[tuple[int, int] | None] = [None] * n
-    valid = [(i, int(h, 16), len(h) * 4) for i, h in enumerate(hashes) if h]
-    if not valid:
-        return out
-    bits = max(b for _, _, b in valid)
-    bands = max(1, min(max_distance + 1, bits))
-    width = -(-bits // bands)
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -330,29 +329,79 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
             x = parent[x]
         return x
 
-    best: dict[int, tuple[int, int]] = {}
-    for b in range(bands):
-        buckets: dict[int, list[tuple[int, int]]] = {}
-        mask = (1 << width) - 1
-        for i, v, _ in valid:
-            buckets.setdefault((v >> (b * width)) & mask, []).append((i, v))
-        for members in buckets.values():
-            if len(members) < 2:
-                continue
-            for a in range(len(members)):
-                ia, va = members[a]
-                for c in range(a + 1, len(members)):
-                    ic, vc = members[c]
-                    d = (va ^ vc).bit_count()
-                    if d <= max_distance and (compatible is None or compatible(ia, ic)):
-                        ra, rc = find(ia), find(ic)
-                        if ra != rc:
-                            parent[max(ra, rc)] = min(ra, rc)  # the earliest row leads the cluster
-                        later = max(ia, ic)
-                        if later not in best or d < best[later][1]:
-                            best[later] = (min(ia, ic), d)
+    closest: dict[int, tuple[int, int]] = {}  # row -> (distance, row) of its closest compatible match
+    by_length: dict[int, list[int]] = {}
+    for i, h in enumerate(hashes):
+        if h:
+            by_length.setdefault(len(h), []).append(i)
+    for length, rows in by_length.items():
+        bits = length * 4
+        values = [int(hashes[i], 16) for i in rows]
+        words = np.array([[(v >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(-(-bits // 64))] for v in values],
+                         dtype=np.uint64)
+        for members in _candidate_groups(values, bits, max_distance):
+            for pa, pb, d in _close_pairs(values, words, members, max_distance):
+                ia, ib = rows[pa], rows[pb]
+                if compatible is not None and not compatible(ia, ib):
+                    continue
+                ra, rb = find(ia), find(ib)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)  # the earliest row leads the cluster
+                for row, other in ((ia, ib), (ib, ia)):
+                    closest[row] = min((d, other), closest.get(row, (d, other)))
+    out: list[tuple[int, int, int] | None] = [None] * n
     for i in range(n):
         root = find(i)
-        if root != i and hashes[i]:
-            out[i] = (root, best[i][1] if i in best else 0)
+        if root != i:
+            out[i] = (root, closest[i][1], closest[i][0])
     return out
+
+
+def _candidate_groups(values: list[int], bits: int, max_distance: int) -> Iterator[list[int]]:
+    """Groups of positions whose pairs must be compared: the buckets of each band, or every row at once
+    when the bands are so narrow that their buckets would hold more pairs than all rows together."""
+    n = len(values)
+    bands = max(1, min(max_distance + 1, bits))
+    edges = [round(k * bits / bands) for k in range(bands + 1)]  # every band at least one bit wide
+    ranges = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
+    if 2 ** (bits / bands) < n:  # crowded buckets are expected: count their pairs first
+        pairs = sum(c * (c - 1) // 2 for lo, mask in ranges for c in Counter((v >> lo) & mask for v in values).values())
+        if pairs >= n * (n - 1) // 2:
+            yield list(range(n))
+            return
+    for lo, mask in ranges:
+        buckets: dict[int, list[int]] = {}
+        for pos, v in enumerate(values):
+            buckets.setdefault((v >> lo) & mask, []).append(pos)
+        yield from (members for members in buckets.values() if len(members) > 1)
+
+
+def _near_duplicate_reason(match: tuple[int, int, int], ids: list) -> str:
+    kept, closest, distance = match
+    reason = f"within {distance} bits of {ids[closest]}"
+    return reason if closest == kept else f"{reason} (its cluster keeps {ids[kept]})"
+
+
+def _close_pairs(values: list[int], words: np.ndarray, members: list[int], max_distance: int,
+                 block_elements: int = 1 << 21):
+    """(a, b, distance) for the pairs a < b of `members` whose hashes differ in at most max_distance bits."""
+    m = len(members)
+    if m <= 8:  # most buckets: numpy's call overhead would exceed the work
+        for x in range(m):
+            for y in range(x + 1, m):
+                d = (values[members[x]] ^ values[members[y]]).bit_count()
+                if d <= max_distance:
+                    yield members[x], members[y], d
+        return
+    members = np.array(members)
+    columns = np.ascontiguousarray(words[members].T)  # one row per 64-bit word: contiguous for the XOR
+    block = max(1, block_elements // m)
+    for start in range(0, m - 1, block):
+        stop = min(m, start + block)
+        dist = np.zeros((stop - start, m - start), dtype=np.uint16)
+        for col in columns:
+            dist += np.bitwise_count(col[start:stop, None] ^ col[None, start:])
+        close = dist <= max_distance
+        close &= np.arange(m - start)[None, :] > np.arange(stop - start)[:, None]  # each pair once, a < b
+        for r, c in zip(*np.nonzero(close)):
+            yield int(members[start + r]), int(members[start + c]), int(dist[r, c])
