@@ -82,3 +82,25 @@ def test_missing_or_wrong_weights_are_named():
         loading.resolve_weights("wan2.2-ti2v-5b", "/nonexistent/wan")
     with pytest.raises(InvalidArgument, match="unknown roles"):
         loading.resolve_weights("tiny-ti2v", {"unet": "/x"})
+
+
+def test_loader_prints_go_to_the_debug_log_and_other_threads_still_print(capsys, caplog):
+    import logging
+    import threading
+
+    caplog.set_level(logging.DEBUG, logger="vidtune.models.loading")
+    release = threading.Event()
+
+    def other_thread():
+        release.wait(10)
+        print("from another thread")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    with loading._loader_prints_to_debug_log():
+        loading.load_pipeline("tiny-ti2v", roles=["vae"], tokenizer=False)
+        release.set()
+        t.join(10)
+    print("after loading")
+    assert capsys.readouterr().out == "from another thread\nafter loading\n"
+    assert "Loading models from" in caplog.text

@@ -7,8 +7,12 @@ published checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -126,6 +130,51 @@ def _lora_entries(lora) -> list[dict]:
     return entries
 
 
+log = logging.getLogger(__name__)
+
+
+class _StdoutRouter:
+    """sys.stdout that sends the writes of threads loading a model to a buffer and passes the rest on."""
+
+    buffers: dict[int, list[str]] = {}
+
+    def __init__(self, original):
+        self._original = original
+
+    def write(self, text: str) -> int:
+        buffer = self.buffers.get(threading.get_ident())
+        if buffer is None:
+            return self._original.write(text)
+        buffer.append(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._original, name)
+
+
+_router_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _loader_prints_to_debug_log():
+    """DiffSynth prints a download banner and a JSON dump per file it loads; they go to the debug log, so
+    the output of a command stays its own. Only this thread's prints are caught."""
+    ident = threading.get_ident()
+    if ident in _StdoutRouter.buffers:  # nested: the outer block logs
+        yield
+        return
+    with _router_lock:
+        if not isinstance(sys.stdout, _StdoutRouter):
+            sys.stdout = _StdoutRouter(sys.stdout)
+    buffer = _StdoutRouter.buffers[ident] = []
+    try:
+        yield
+    finally:
+        del _StdoutRouter.buffers[ident]
+        if "".join(buffer).strip():
+            log.debug("DiffSynth loader output:\n%s", "".join(buffer).rstrip())
+
+
 def load_pipeline(spec_or_name: ModelSpec | str, weights: Weights = None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32, lora=(), roles: Iterable[str] | None = None,
                   storage: Storage | None = None, cache_dir: str | Path | None = None,
@@ -157,15 +206,17 @@ def load_pipeline(spec_or_name: ModelSpec | str, weights: Weights = None, device
         if component_dtypes and component.role in component_dtypes:
             extra["computation_dtype"] = component_dtypes[component.role]
         configs.append(ModelConfig(path=paths[0] if len(paths) == 1 else paths, **extra))
-    pipe = WanVideoPipeline.from_pretrained(
-        torch_dtype=dtype, device=device, model_configs=configs,
-        tokenizer_config=ModelConfig(path=resolved.tokenizer) if resolved.tokenizer else None,
-        redirect_common_files=False,
-    )
+    with _loader_prints_to_debug_log():
+        pipe = WanVideoPipeline.from_pretrained(
+            torch_dtype=dtype, device=device, model_configs=configs,
+            tokenizer_config=ModelConfig(path=resolved.tokenizer) if resolved.tokenizer else None,
+            redirect_common_files=False,
+        )
     for entry in _lora_entries(lora):
         target = getattr(pipe, entry["role"], None)
         if target is None:
             raise InvalidArgument(f"LoRA {entry['path']} targets {entry['role']}, which {spec.name} does not load")
         local = _expand(entry["path"], "*.safetensors", storage, cache, "LoRA")[0]
-        pipe.load_lora(target, local, alpha=float(entry["alpha"]))
+        with _loader_prints_to_debug_log():
+            pipe.load_lora(target, local, alpha=float(entry["alpha"]))
     return pipe
