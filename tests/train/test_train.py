@@ -171,6 +171,8 @@ def test_uncached_training_substitutes_an_undecodable_sample_and_resumes_the_sam
     cfg = {"preset": "cpu-tiny", "use_cache": False, "save_every_steps": 2, "epochs": 1}
     full = run_training(cfg, str(tiny_dataset), str(tmp_path / "full"))
     assert full["steps"] == full["total_steps"] == 5 and full["rejected"] == 1
+    trained = [sid for m in _metrics(tmp_path / "full" / "metrics.jsonl") for sid in m["samples"]]
+    assert len(trained) == 5 and not any("broken" in sid for sid in trained)
     rejected = (tmp_path / "full" / "cache" / "tiny-ti2v-64x64x9-fp32" / "rejected-0.jsonl").read_text()
     assert "broken0.mp4" in rejected and "cannot decode" in rejected
 

@@ -384,15 +384,17 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     for step in range(start, end):
         check_cancelled()
         t0 = time.perf_counter()
-        micro_losses = []
+        micro_losses, trained_ids = [], []
         ids = order.step_samples(step, rank)
         for index in ids:
             with accelerator.accumulate(model):
                 if cfg.use_cache:
-                    loss = model(cached=reader(samples[index]))
+                    sample = samples[index]
+                    loss = model(cached=reader(sample))
                 else:
                     sample, frames = decoder(index)
                     loss = model(frames=frames, prompt=sample.prompt)
+                trained_ids.append(sample.id)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and not deepspeed and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unwrapped.trainable_modules(), cfg.max_grad_norm)
@@ -406,7 +408,9 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         loss_value = sum(micro_losses) / len(micro_losses)
         if not math.isfinite(loss_value):
             log.warning("step %d: non-finite loss %s", done, loss_value)
-        all_ids = [samples[i].id for r in range(world) for i in order.step_samples(step, r)]
+        # This rank's samples as trained (a substitute where one was rejected), the others' as scheduled.
+        all_ids = [sid for r in range(world) for sid in
+                   (trained_ids if r == rank else [samples[i].id for i in order.step_samples(step, r)])]
         entry = {"step": done, "epoch": order.sample_at(step * order.per_step)[0], "loss": loss_value, "lr": lr,
                  "step_time_s": round(dt, 4), "samples_per_s": round(order.per_step / dt, 3),
                  "memory_mb": round(memory_mb(cfg.device), 1), "samples": all_ids}
