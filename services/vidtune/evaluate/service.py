@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
-from vidtune.platform.launchers import choose_backend, service_launchers, start_reconciler, timeout_of
-from vidtune.platform.server import ServiceDefinition, proto_to_dict, record_to_proto, rpc
-from vidtune.platform.settings import jobs_root
+from vidtune.platform.launchers import choose_backend, timeout_of
+from vidtune.platform.server import ServiceDefinition, job_service, proto_to_dict, record_to_proto, rpc
 from vidtune.platform.storage import Storage, require_object_uris
 from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
@@ -59,11 +58,6 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
 
 
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
-    launchers = service_launchers("evaluate", evaluate_placement)
-    manager = JobManager("evaluate", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers,
-                         launchers=launchers)
-    return ServiceDefinition(
-        name="evaluate",
-        servicers=[(evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server, EvaluateServicer(manager))],
-        proto_services=[evaluate_pb2.DESCRIPTOR.services_by_name["EvaluateService"].full_name],
-        manager=manager, extra_stop=start_reconciler(manager.store, launchers))
+    return job_service("evaluate", HANDLERS, EvaluateServicer, evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server,
+                       evaluate_pb2.DESCRIPTOR.services_by_name["EvaluateService"], storage, job_workers,
+                       placement=evaluate_placement)

@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from .errors import InvalidArgument, VidtuneError
 from .jobs import JobManager
+from .settings import jobs_root
+from .storage import Storage
 
 log = logging.getLogger("vidtune.server")
 
@@ -250,6 +252,19 @@ class ServiceDefinition:
     proto_services: list[str]
     manager: JobManager | None = None
     extra_stop: list[Callable[[], None]] = field(default_factory=list)
+
+
+def job_service(name: str, handlers: dict, servicer_class: type, add_servicer: Callable, proto_service,
+                storage: Storage | None = None, job_workers: int = 1, placement=None) -> ServiceDefinition:
+    """The definition of a service whose RPCs submit jobs: its JobManager and servicer. With a `placement`,
+    its jobs can also run as workers (local subprocess, Kubernetes Job) and a reconciler follows them."""
+    from .launchers import service_launchers, start_reconciler
+
+    launchers = service_launchers(name, placement) if placement else {}
+    manager = JobManager(name, storage or Storage(), jobs_root(), handlers, workers=job_workers, launchers=launchers)
+    return ServiceDefinition(name=name, servicers=[(add_servicer, servicer_class(manager))],
+                             proto_services=[proto_service.full_name], manager=manager,
+                             extra_stop=start_reconciler(manager.store, launchers))
 
 
 class Server:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
-from vidtune.platform.server import ServiceDefinition, proto_to_dict, record_to_proto, rpc
-from vidtune.platform.settings import jobs_root
+from vidtune.platform.server import ServiceDefinition, job_service, proto_to_dict, record_to_proto, rpc
 from vidtune.platform.storage import Storage, require_object_uris
 from vidtune.v1 import quality_pb2, quality_pb2_grpc
 
@@ -68,9 +67,5 @@ class QualityServicer(quality_pb2_grpc.QualityServiceServicer):
 
 
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
-    manager = JobManager("quality", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers)
-    return ServiceDefinition(
-        name="quality",
-        servicers=[(quality_pb2_grpc.add_QualityServiceServicer_to_server, QualityServicer(manager))],
-        proto_services=[quality_pb2.DESCRIPTOR.services_by_name["QualityService"].full_name],
-        manager=manager)
+    return job_service("quality", HANDLERS, QualityServicer, quality_pb2_grpc.add_QualityServiceServicer_to_server,
+                       quality_pb2.DESCRIPTOR.services_by_name["QualityService"], storage, job_workers)

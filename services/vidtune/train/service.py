@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
-from vidtune.platform.launchers import choose_backend, service_launchers, start_reconciler
-from vidtune.platform.server import ServiceDefinition, record_to_proto, rpc
-from vidtune.platform.settings import jobs_root
+from vidtune.platform.launchers import choose_backend
+from vidtune.platform.server import ServiceDefinition, job_service, record_to_proto, rpc
 from vidtune.platform.storage import Storage, require_object_uris
 from vidtune.v1 import train_pb2, train_pb2_grpc
 
@@ -47,11 +46,6 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
     from .placement import training_placement
 
-    launchers = service_launchers("train", training_placement)
-    manager = JobManager("train", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers,
-                         launchers=launchers)
-    return ServiceDefinition(
-        name="train",
-        servicers=[(train_pb2_grpc.add_TrainServiceServicer_to_server, TrainServicer(manager))],
-        proto_services=[train_pb2.DESCRIPTOR.services_by_name["TrainService"].full_name],
-        manager=manager, extra_stop=start_reconciler(manager.store, launchers))
+    return job_service("train", HANDLERS, TrainServicer, train_pb2_grpc.add_TrainServiceServicer_to_server,
+                       train_pb2.DESCRIPTOR.services_by_name["TrainService"], storage, job_workers,
+                       placement=training_placement)

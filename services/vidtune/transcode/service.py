@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
-from vidtune.platform.server import ServiceDefinition, proto_to_dict, record_to_proto, rpc
+from vidtune.platform.server import ServiceDefinition, job_service, proto_to_dict, record_to_proto, rpc
 from vidtune.platform.storage import Storage, require_object_uris
-from vidtune.platform.settings import jobs_root
 from vidtune.v1 import transcode_pb2, transcode_pb2_grpc
 
 from .profiles import get_profile
@@ -29,9 +28,6 @@ class TranscodeServicer(transcode_pb2_grpc.TranscodeServiceServicer):
 
 
 def definition(storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
-    manager = JobManager("transcode", storage or Storage(), jobs_root(), HANDLERS, workers=job_workers)
-    return ServiceDefinition(
-        name="transcode",
-        servicers=[(transcode_pb2_grpc.add_TranscodeServiceServicer_to_server, TranscodeServicer(manager))],
-        proto_services=[transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].full_name],
-        manager=manager)
+    return job_service("transcode", HANDLERS, TranscodeServicer,
+                       transcode_pb2_grpc.add_TranscodeServiceServicer_to_server,
+                       transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"], storage, job_workers)
