@@ -7,7 +7,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 PROTOS := $(wildcard protos/vidtune/v1/*.proto)
 STUBS := $(patsubst protos/%.proto,services/%_pb2.py,$(PROTOS))
 
-.PHONY: install system-deps protos demo test test-fast bench up down images lint clean
+.PHONY: install system-deps protos demo test bench up down images clean
 
 install: $(VENV)/.installed protos
 
