@@ -8,7 +8,6 @@ object store; the stack is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -47,7 +46,7 @@ def transcode_stage(storage: Storage, archive_uri: str) -> dict:
             workers=2), metadata=c.metadata, timeout=30)
         rec = follow(c, job)
     result = rec["result"]
-    lines = [json.loads(x) for x in storage.read_text(result["report"]).splitlines()]
+    lines = storage.read_jsonl(result["report"])
     print(f"{int(result['ok'])} ok, {int(result['failed'])} rejected of {int(result['total'])}; "
           f"report {result['report']}")
     for ln in lines:
@@ -68,8 +67,7 @@ def quality_stage(storage: Storage, items: list, archive_uri: str, transcode: di
 
     say("quality: ingest labels, probe and score the clips, filter with the default rules, statistics, export")
     outputs = {}
-    for line in storage.read_text(transcode["report"]).splitlines():
-        row = json.loads(line)
+    for row in storage.read_jsonl(transcode["report"]):
         outputs[row["input"]] = row["output"] if row["status"] == "ok" else row["input"]
     listing = []
     for it in items:
@@ -78,7 +76,7 @@ def quality_stage(storage: Storage, items: list, archive_uri: str, transcode: di
                         "category": it.category, "media_type": it.media_type, "width": it.width,
                         "height": it.height, "duration": it.duration})
     listing_uri = join(BUCKET, "listings", "archive-wan-720p.jsonl")
-    storage.write_text(listing_uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in listing))
+    storage.write_jsonl(listing_uri, listing)
     out = join(BUCKET, "quality", "archive-wan-720p")
     with ServiceClient("quality") as c:
         job = c.stub(quality_pb2_grpc.QualityServiceStub).SubmitRun(quality_pb2.RunQualityRequest(
@@ -128,12 +126,11 @@ def evaluate_stage(storage: Storage, run: dict, quality: dict, local_dir: Path) 
         by_category.setdefault(r["category"], r)
     prompts = [{"id": f"p{i}", "prompt": r["caption"][:300], "category": cat}
                for i, (cat, r) in enumerate(sorted(by_category.items()))][:3]
-    storage.write_text(join(root, "prompts.jsonl"), "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    storage.write_jsonl(join(root, "prompts.jsonl"), prompts)
     reference = join(root, "reference.jsonl")
-    storage.write_text(reference, "".join(json.dumps({"video": join(BUCKET, "transcoded/wan-720p", r["media"])
-                                                      if not r["media"].startswith("s3://") else r["media"],
-                                                      "category": r["category"]}, ensure_ascii=False) + "\n"
-                                          for r in clean_videos))
+    storage.write_jsonl(reference, ({"video": join(BUCKET, "transcoded/wan-720p", r["media"])
+                                     if not r["media"].startswith("s3://") else r["media"],
+                                     "category": r["category"]} for r in clean_videos))
     with ServiceClient("evaluate") as c:
         stub = c.stub(evaluate_pb2_grpc.EvaluateServiceStub)
         follow(c, stub.SubmitGenerate(evaluate_pb2.GenerateRequest(

@@ -57,6 +57,11 @@ def test_object_store_roundtrip_list_and_missing(storage, bucket, tmp_path):
         storage.read_bytes(join(bucket, "nope"))
     with storage.local_copy(join(bucket, "a/b/clip.bin")) as p:
         assert p.read_bytes() == src.read_bytes()
+    rows = [{"id": "r1", "caption": "한강의 야경"}, {"id": "r2", "n": 2}]
+    storage.write_jsonl(join(bucket, "rows.jsonl"), rows)
+    assert storage.read_text(join(bucket, "rows.jsonl")).count("\n") == 2  # one object per line, UTF-8 kept
+    assert "한강의 야경" in storage.read_text(join(bucket, "rows.jsonl"))
+    assert storage.read_jsonl(join(bucket, "rows.jsonl")) == rows
 
 
 def test_wrong_credentials_are_refused(object_store, bucket, storage):

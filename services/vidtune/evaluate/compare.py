@@ -143,10 +143,9 @@ def _load_scores(scores: list[str], storage: Storage) -> tuple[list[dict], list[
     records, fvd_rows, ref_index, summaries = [], [], [], []
     for s in scores:
         try:
-            text = storage.read_text(join(s, "scores.jsonl"))
+            records += storage.read_jsonl(join(s, "scores.jsonl"))
         except NotFound:
             raise NotFound(f"{s} holds no scores.jsonl: run `vidtune eval score` into it first") from None
-        records += [json.loads(line) for line in text.splitlines() if line.strip()]
         for name, target in (("fvd.json", None), ("reference/index.json", ref_index), ("summary.json", summaries)):
             try:
                 data = json.loads(storage.read_text(join(s, name)))

@@ -7,7 +7,6 @@ Everything below `root` (a directory or s3:// prefix):
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -49,7 +48,7 @@ def run_demo(root: str, checkpoints: list[str], reference: str | None = None, st
     storage = storage or Storage()
     if prompts is None:
         prompts = join(root, "prompts.jsonl")
-        storage.write_text(prompts, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in DEMO_PROMPTS))
+        storage.write_jsonl(prompts, DEMO_PROMPTS)
     clip_uri, i3d_uri = prepare_tiny_metric_models(root, storage)
     gen = generate_samples(prompts, checkpoints, join(root, "videos"),
                            GenerationSettings(seeds=list(seeds), num_frames=17, steps=4), storage, progress)

@@ -243,8 +243,7 @@ def score_videos(videos: str, out: str, prompts: str | None = None, settings: Sc
         if r.get("metrics"):
             r["metrics"]["quality"] = _clean(quality_score(r["metrics"], scorer.grades_cfg))
             r["grade"] = grade(r["metrics"], scorer.grades_cfg)[0]
-    storage.write_text(join(out, "scores.jsonl"),
-                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "application/x-ndjson")
+    storage.write_jsonl(join(out, "scores.jsonl"), records)
 
     fvd_table = _set_fvd(records, out, settings, scorer, storage, check_cancelled) \
         if scorer.i3d is not None and settings.reference else {}

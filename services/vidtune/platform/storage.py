@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from .errors import InvalidArgument, NotFound
@@ -256,6 +257,13 @@ class Storage:
 
     def write_text(self, uri: str, text: str, content_type: str = "text/plain; charset=utf-8") -> str:
         return self.write_bytes(uri, text.encode("utf-8"), content_type)
+
+    def read_jsonl(self, uri: str) -> list[dict]:
+        return [json.loads(line) for line in self.read_text(uri).splitlines() if line.strip()]
+
+    def write_jsonl(self, uri: str, rows: Iterable[dict]) -> str:
+        return self.write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                               "application/x-ndjson")
 
     # -- files
     def upload(self, local_path: str | Path, uri: str, content_type: str | None = None) -> str:

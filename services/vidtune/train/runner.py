@@ -129,8 +129,7 @@ def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path, a
 
 def _record_rejection(storage: Storage, uri: str, rejected: dict[str, str], sample: Sample, error: Exception) -> None:
     rejected[sample.id] = f"{type(error).__name__}: {error}"
-    storage.write_text(uri, "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n"
-                                    for k, v in rejected.items()))
+    storage.write_jsonl(uri, ({"id": k, "reason": v} for k, v in rejected.items()))
     log.warning("sample %s rejected: %s", sample.id, rejected[sample.id])
 
 
@@ -167,8 +166,7 @@ class DecodingReader:
 def _read_rejected(storage: Storage, uri: str) -> dict[str, str]:
     if not storage.exists(uri):
         return {}
-    rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
-    return {r["id"]: r["reason"] for r in rows}
+    return {r["id"]: r["reason"] for r in storage.read_jsonl(uri)}
 
 
 def all_rejected(paths: RunPaths, storage: Storage) -> dict[str, str]:
@@ -334,8 +332,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         start = int(trainer_state["step"])
         shutil.rmtree(local, ignore_errors=True)
         if storage.exists(paths.metrics):
-            metrics = [json.loads(x) for x in storage.read_text(paths.metrics).splitlines() if x.strip()]
-            metrics = [m for m in metrics if m["step"] <= start]
+            metrics = [m for m in storage.read_jsonl(paths.metrics) if m["step"] <= start]
         log.info("resuming %s at step %d of %d", out, start, total)
     resumed_from = start
     end = min(total, start + max_steps) if max_steps else total
@@ -360,8 +357,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
 
     def flush(step: int) -> None:
         if main and metrics:
-            storage.write_text(paths.metrics, "".join(json.dumps(m) + "\n" for m in metrics),
-                               "application/x-ndjson")
+            storage.write_jsonl(paths.metrics, metrics)
 
     def save_state(step: int) -> None:
         local = scratch / f"state-{step}"
@@ -445,7 +441,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     flush(result.steps)
     if main:
         if not metrics and storage.exists(paths.metrics):
-            metrics = [json.loads(x) for x in storage.read_text(paths.metrics).splitlines() if x.strip()]
+            metrics = storage.read_jsonl(paths.metrics)
         result.epochs = {str(e): paths.epoch_lora(e) for e in range(order.epochs_completed(result.steps))
                          if storage.exists(paths.epoch_lora(e))}
         result.metrics = paths.metrics
