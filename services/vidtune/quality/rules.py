@@ -340,8 +340,8 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
         words = np.array([[(v >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(-(-bits // 64))] for v in values],
                          dtype=np.uint64)
         for members in _candidate_groups(values, bits, max_distance):
-            for pa, pb, d in _close_pairs(values, words, members, max_distance):
-                ia, ib = rows[pa], rows[pb]
+            for pos_a, pos_b, d in _close_pairs(values, words, members, max_distance):
+                ia, ib = rows[pos_a], rows[pos_b]
                 if compatible is not None and not compatible(ia, ib):
                     continue
                 ra, rb = find(ia), find(ib)
