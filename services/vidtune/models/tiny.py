@@ -51,9 +51,14 @@ def _import(path: str):
 
 
 def build_component(component: ComponentSpec, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised model for one component, deterministic for a given seed."""
-    torch.manual_seed(seed)
-    model = _import(component.model_class)(**component.kwargs)
+    """A randomly initialised model for one component, deterministic for a given seed.
+
+    The caller's random state is left untouched, so a run draws the same numbers whether the tiny
+    weights were built just now or found on disk.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _import(component.model_class)(**component.kwargs)
     if component.model_name == "wan_video_dit":
         # A damped random head keeps the tiny model's predictions (and the loss) at a sane scale.
         with torch.no_grad():
@@ -65,7 +70,8 @@ def build_component(component: ComponentSpec, seed: int = 0) -> torch.nn.Module:
 def _component_hash(component: ComponentSpec) -> str:
     from diffsynth.core.loader.file import hash_state_dict_keys
 
-    with skip_model_initialization():
+    # Empty (meta) parameters are still drawn on the CPU first: keep the caller's random state.
+    with torch.random.fork_rng(devices=[]), skip_model_initialization():
         model = _import(component.model_class)(**component.kwargs)
     return hash_state_dict_keys(model.state_dict())
 

@@ -12,12 +12,13 @@ Layout below a run's output prefix:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from ..platform.storage import Storage, join
+from ..platform.storage import Storage, is_s3, join
 
 STATE_DIR = "state"
 LATEST = "latest.json"
@@ -72,9 +73,17 @@ def publish_state(local_dir: Path, out: str, step: int, storage: Storage, keep: 
     steps = sorted({int(u.split("/step-")[1].split("/")[0]) for u in storage.list(join(out, STATE_DIR))
                     if "/step-" in u})
     for old in steps[:-keep] if keep > 0 else []:
-        for uri in list(storage.list(state_uri(out, old))):
-            storage.delete(uri)
+        prune_state(out, old, storage)
     return target
+
+
+def prune_state(out: str, step: int, storage: Storage) -> None:
+    """Delete one saved state, its directory included when it is on a local disk."""
+    target = state_uri(out, step)
+    for uri in list(storage.list(target)):
+        storage.delete(uri)
+    if not is_s3(target):
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def latest_state(out: str, storage: Storage) -> dict | None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 import yaml
@@ -69,15 +71,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     presets.set_defaults(func=cmd_presets)
 
 
-def cmd_run(args) -> int:
-    from .config import load_config
-    from .runner import run_training
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Everything written to stdout (Python or native code, e.g. library banners) goes to stderr
+    meanwhile, so the command's stdout holds only its JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
-    cfg = load_config(_config_dict(args))
-    with CliProgress("train", "step", enabled=not args.quiet) as bar:
-        result = run_training(cfg, args.dataset, args.out, max_steps=args.max_steps or None, progress=bar)
-    print(f"{result['steps']}/{result['total_steps']} steps, final loss {result['final_loss']:.4f}; "
-          f"LoRA: {result['lora']}; report: {result['report']}", file=sys.stderr)
+
+def cmd_run(args) -> int:
+    with stdout_to_stderr():
+        from .config import load_config
+        from .runner import run_training
+
+        cfg = load_config(_config_dict(args))
+        with CliProgress("train", "step", enabled=not args.quiet) as bar:
+            result = run_training(cfg, args.dataset, args.out, max_steps=args.max_steps or None, progress=bar)
+        final = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
+        print(f"{result['steps']}/{result['total_steps']} steps, final loss {final}; "
+              f"LoRA: {result['lora']}; report: {result['report']}", file=sys.stderr)
     print(json.dumps(result, ensure_ascii=False, default=str))
     return 0
 

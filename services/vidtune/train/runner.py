@@ -282,6 +282,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
          check_cancelled, on_step, scratch: Path) -> RunResult:
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.seed + rank)  # before any model is built, cached or not
     main = accelerator.is_main_process
     paths = RunPaths(out, cache_settings(cfg))
     samples = read_metadata(cfg.dataset, storage)
