@@ -60,6 +60,7 @@ class TrainConfig:
     deepspeed_stage: int = 0               # 0: plain accelerate; 2: ZeRO-2
     deepspeed_offload_optimizer: bool = False
     num_gpus: int = 0
+    max_skipped_steps_in_row: int = 25    # steps skipped for a non-finite loss/gradients before the run stops (0: never)
     # checkpoints
     save_every_steps: int = 50             # training state for resume (and step-N LoRA)
     save_every_epochs: int = 1             # epoch-N.safetensors
@@ -124,6 +125,8 @@ class TrainConfig:
                      "save_every_epochs", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgument(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.max_skipped_steps_in_row < 0:
+            raise InvalidArgument(f"max_skipped_steps_in_row={self.max_skipped_steps_in_row}: must be 0 (never stop) or more")
         if self.learning_rate <= 0:
             raise InvalidArgument(f"learning_rate={self.learning_rate}: must be positive")
         if not 0 <= self.lora_dropout < 1:

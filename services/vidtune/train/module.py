@@ -14,6 +14,7 @@ from diffsynth.models.wan_video_dit import WanModel
 
 from ..models.loading import load_pipeline
 from .config import TrainConfig
+from .numerics import modulation_in_fp32
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Recomputed by the noise initialiser or the loss; never worth storing.
@@ -93,6 +94,8 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
                                                lora_alpha=cfg.lora_alpha, upcast_dtype=dtype)
         if cfg.lora_dropout > 0:
             self._set_lora_dropout(cfg.lora_dropout)
+        if cfg.precision == "fp16":
+            modulation_in_fp32(self.pipe.dit)
         self.min_boundary, self.max_boundary = cfg.timestep_range
         if not any(p.requires_grad for p in self.parameters()):
             raise ValueError(f"LoRA targets {cfg.lora_targets!r} matched no Linear layer of the DiT")

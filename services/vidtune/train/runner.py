@@ -27,6 +27,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
 from .dataset import Sample, load_frames, read_metadata
 from .launch import make_accelerator
+from .numerics import SkippedSteps, is_finite
 from .order import DataOrder
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,17 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _deepspeed_skipped(engine) -> int:
+    """Optimizer steps DeepSpeed skipped so far (fp16 overflow under the dynamic loss scale)."""
+    return int(getattr(engine, "skipped_steps", 0))
+
+
+def _loss_scale(engine) -> float | None:
+    optimizer = getattr(engine, "optimizer", None)
+    scale = getattr(optimizer, "cur_scale", None) or getattr(optimizer, "loss_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) and getattr(engine, "fp16_enabled", lambda: False)() else None
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -246,6 +258,7 @@ class RunResult:
     samples: int = 0
     rejected: int = 0
     final_loss: float = float("nan")
+    skipped_steps: int = 0
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -378,11 +391,15 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     # 4. train
     model.train()
     last_flush = time.monotonic()
+    last_saved = start
+    guard = SkippedSteps(cfg.max_skipped_steps_in_row, total=sum(1 for m in metrics if m.get("skipped")))
     for step in range(start, end):
         check_cancelled()
         t0 = time.perf_counter()
         micro_losses, trained_ids = [], []
         ids = order.step_samples(step, rank)
+        ds_skipped_before = _deepspeed_skipped(model) if deepspeed else 0
+        nonfinite = False
         for index in ids:
             with accelerator.accumulate(model):
                 if cfg.use_cache:
@@ -392,27 +409,45 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
                     sample, frames = decoder(index)
                     loss = model(frames=frames, prompt=sample.prompt)
                 trained_ids.append(sample.id)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and not deepspeed and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unwrapped.trainable_modules(), cfg.max_grad_norm)
-                optimizer.step()
+                # DeepSpeed's fp16 loss scaler finds the overflow in the gradients and skips the step
+                # itself; elsewhere a non-finite loss never reaches the gradients.
+                finite = is_finite(loss)
+                nonfinite |= not finite
+                if finite or (deepspeed and cfg.precision == "fp16"):  # the scaler must see the overflow
+                    accelerator.backward(loss)
+                if accelerator.sync_gradients and not deepspeed:
+                    if cfg.max_grad_norm > 0 and not nonfinite:
+                        norm = accelerator.clip_grad_norm_(unwrapped.trainable_modules(), cfg.max_grad_norm)
+                        nonfinite = not is_finite(norm)
+                    if not nonfinite:
+                        optimizer.step()
+                elif deepspeed:
+                    optimizer.step()
                 optimizer.zero_grad()
             micro_losses.append(float(loss.detach().float()))
+        fp16_scaled = deepspeed and cfg.precision == "fp16"
+        skipped = _deepspeed_skipped(model) > ds_skipped_before if fp16_scaled else nonfinite
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         dt = time.perf_counter() - t0
         done = step + 1
         loss_value = sum(micro_losses) / len(micro_losses)
-        if not math.isfinite(loss_value):
-            log.warning("step %d: non-finite loss %s", done, loss_value)
+        guard.record(skipped)
+        loss_scale = _loss_scale(model) if deepspeed else None
         # This rank's samples as trained (a substitute where one was rejected), the others' as scheduled.
         all_ids = [sid for r in range(world) for sid in
                    (trained_ids if r == rank else [samples[i].id for i in order.step_samples(step, r)])]
         entry = {"step": done, "epoch": order.sample_at(step * order.per_step)[0], "loss": loss_value, "lr": lr,
                  "step_time_s": round(dt, 4), "samples_per_s": round(order.per_step / dt, 3),
                  "memory_mb": round(memory_mb(cfg.device), 1), "samples": all_ids}
+        if loss_scale is not None:
+            entry["loss_scale"] = loss_scale
+        if skipped:
+            entry.update(skipped=True, skipped_in_row=guard.in_row, skipped_total=guard.total)
+            log.warning("step %d skipped: non-finite loss or gradients (loss %s, %d in a row%s)", done,
+                        loss_value, guard.in_row, f", loss scale {loss_scale:g}" if loss_scale is not None else "")
         metrics.append(entry)
-        result.steps, result.final_loss = done, loss_value
+        result.steps, result.final_loss, result.skipped_steps = done, loss_value, guard.total
         progress(done, total, f"loss={loss_value:.4f} lr={lr:.2e} {entry['samples_per_s']:.2f} samples/s")
         completed = order.epochs_completed(done)
         prev_completed = order.epochs_completed(step)
@@ -423,10 +458,14 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         if done % cfg.save_every_steps == 0 or done == end:
             flush(done)
             save_state(done)
+            last_saved = done
             last_flush = time.monotonic()
         elif time.monotonic() - last_flush > 5:
             flush(done)
             last_flush = time.monotonic()
+        if guard.limit and guard.in_row >= guard.limit:
+            flush(done)
+        guard.check(done, loss_scale, last_saved)
         if on_step is not None:
             on_step(done, entry)
 
@@ -470,6 +509,7 @@ def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejec
         ["median step time (s)", f"{times[len(times) // 2]:.3f}"],
         ["peak memory (MB)", f"{max(m['memory_mb'] for m in metrics):.0f}"],
         ["resumed from step", result.resumed_from],
+        ["skipped steps (non-finite)", result.skipped_steps],
     ])
     rep.bullets([f"LoRA (DiffSynth): {result.lora}", f"LoRA (ComfyUI): {result.lora_comfyui}",
                  *[f"epoch {e}: {u}" for e, u in result.epochs.items()]])
