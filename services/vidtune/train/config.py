@@ -60,6 +60,8 @@ class TrainConfig:
     deepspeed_stage: int = 0               # 0: plain accelerate; 2: ZeRO-2
     deepspeed_offload_optimizer: bool = False
     num_gpus: int = 0
+    hang_timeout_s: float = 0.0            # no progress for this long ends the attempt (stacks logged); twice
+                                           # this is the process group's collective timeout. 0: off
     max_skipped_steps_in_row: int = 25    # steps skipped for a non-finite loss/gradients before the run stops (0: never)
     # checkpoints
     save_every_steps: int = 50             # training state for resume (and step-N LoRA)
@@ -125,6 +127,8 @@ class TrainConfig:
                      "save_every_epochs", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgument(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.hang_timeout_s < 0:
+            raise InvalidArgument(f"hang_timeout_s={self.hang_timeout_s}: must be 0 (off) or a number of seconds")
         if self.max_skipped_steps_in_row < 0:
             raise InvalidArgument(f"max_skipped_steps_in_row={self.max_skipped_steps_in_row}: must be 0 (never stop) or more")
         if self.learning_rate <= 0:

@@ -56,6 +56,15 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
 
     cpu = cfg.device == "cpu"
+    handlers = []
+    if cfg.hang_timeout_s > 0:
+        # A collective waiting this long raises instead of hanging; twice the watchdog's window, so the
+        # watchdog (which logs the stacks) acts first and this only catches what it cannot.
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=2 * cfg.hang_timeout_s)))
     # A previous run in this process leaves accelerate's singleton state behind.
     AcceleratorState._reset_state(reset_partial_state=True)
     if cfg.deepspeed_stage == 2:
@@ -67,7 +76,8 @@ def make_accelerator(cfg: TrainConfig):
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg))
         mixed = cfg.precision if cfg.precision in ("fp16", "bf16") else "no"
         # `cpu=True` would make accelerate drop DeepSpeed; DS_ACCELERATOR=cpu already puts it on the CPU.
-        return Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed,
+        return Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed, kwargs_handlers=handlers,
                            gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     # Weights already live in the training dtype, so no autocast on top.
-    return Accelerator(cpu=cpu, mixed_precision="no", gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    return Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=handlers,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps)

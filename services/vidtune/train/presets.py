@@ -28,7 +28,7 @@ PRESETS: dict[str, dict] = {
         model="wan2.2-ti2v-5b", height=480, width=832, num_frames=49, epochs=5, dataset_repeat=1,
         learning_rate=1e-4, lr_schedule="cosine", warmup_steps=50, lora_rank=32, lora_alpha=32.0,
         gradient_accumulation_steps=4, gradient_checkpointing=True, precision="fp16", device="cuda",
-        deepspeed_stage=2, deepspeed_offload_optimizer=False, num_gpus=2, save_every_steps=200,
+        deepspeed_stage=2, deepspeed_offload_optimizer=False, num_gpus=2, save_every_steps=200, hang_timeout_s=3600,
         memory_per_gpu_gb=22.0,
         notes=("2x V100 32GB. fp16 weights and compute with DeepSpeed ZeRO-2 dynamic loss scaling "
                "(fp16.loss_scale 0): V100 has no bf16 units. umT5 and the VAE run only in the caching "
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
         model="wan2.2-t2v-a14b", expert="high", height=480, width=832, num_frames=49, epochs=5,
         learning_rate=1e-4, lr_schedule="cosine", warmup_steps=50, gradient_accumulation_steps=1,
         precision="fp16", device="cuda", deepspeed_stage=2, deepspeed_offload_optimizer=True, num_gpus=8,
-        save_every_steps=200, memory_per_gpu_gb=31.0,
+        save_every_steps=200, hang_timeout_s=3600, memory_per_gpu_gb=31.0,
         notes=("One A14B expert (14B fp16 = 28 GB) barely fits a V100 32GB with optimizer offload; "
                "prefer the TI2V-5B preset on V100s. Train the low-noise expert with expert=low."),
     ),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
         model="wan2.2-ti2v-5b", height=704, width=1280, num_frames=121, epochs=5, learning_rate=1e-4,
         lr_schedule="cosine", warmup_steps=50, lora_rank=32, lora_alpha=32.0, gradient_accumulation_steps=1,
         gradient_checkpointing=True, precision="bf16", device="cuda", deepspeed_stage=2, num_gpus=1,
-        save_every_steps=200, memory_per_gpu_gb=48.0,
+        save_every_steps=200, hang_timeout_s=3600, memory_per_gpu_gb=48.0,
         node_selector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
         notes=("A100 80GB, bf16 (native). Expected: ~10 GB DiT (bf16) + ~35 GB activations for "
                "704x1280x121 (44x80x31 latent, 27280 tokens, checkpointed) + ~1 GB LoRA/Adam = ~48 GB."),

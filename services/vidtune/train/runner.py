@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from .dataset import Sample, load_frames, read_metadata
 from .launch import make_accelerator
 from .numerics import SkippedSteps, is_finite
 from .order import DataOrder
+from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +272,15 @@ class RunResult:
 def run_training(config: TrainConfig | dict | str, dataset_uri: str | None = None, out_uri: str = "",
                  max_steps: int | None = None, progress: Progress | None = None, storage: Storage | None = None,
                  check_cancelled: Callable[[], None] = lambda: None,
-                 on_step: Callable[[int, dict], None] | None = None, scratch: str | Path | None = None) -> dict:
+                 on_step: Callable[[int, dict], None] | None = None, scratch: str | Path | None = None,
+                 on_hang: Callable[[str], None] | None = None) -> dict:
     """Train a LoRA as configured on the dataset, writing everything below `out_uri`.
 
     Resumes from `<out_uri>/state/latest.json` when present. `max_steps` caps the optimizer steps of
     this run (the sample order and the schedule still span the configured epochs). `progress(done,
-    total, message)` is called every step with the loss and learning rate.
+    total, message)` is called every step with the loss and learning rate. With `hang_timeout_s` set,
+    a rank that makes no progress for that long logs its stacks below `<out_uri>/logs/` and calls
+    `on_hang(reason)`, by default ending the process with watchdog.HANG_EXIT_CODE.
     """
     cfg = load_config(config) if not isinstance(config, TrainConfig) else config.validate()
     if dataset_uri:
@@ -286,13 +291,17 @@ def run_training(config: TrainConfig | dict | str, dataset_uri: str | None = Non
         raise InvalidArgument("no output location: give a directory or s3:// prefix")
     storage = storage or Storage()
     progress = progress or _noop_progress
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="vt-train-") as tmp:
-        return _run(cfg, out_uri, max_steps if max_steps is not None else (cfg.max_steps or None), progress,
-                    storage, check_cancelled, on_step, Path(tmp)).as_dict()
+    dog = watchdog(cfg.hang_timeout_s, out_uri, int(os.environ.get("RANK", 0)), storage, on_hang)
+    try:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="vt-train-") as tmp:
+            return _run(cfg, out_uri, max_steps if max_steps is not None else (cfg.max_steps or None), progress,
+                        storage, check_cancelled, on_step, Path(tmp), dog).as_dict()
+    finally:
+        dog.close()
 
 
 def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, storage: Storage,
-         check_cancelled, on_step, scratch: Path) -> RunResult:
+         check_cancelled, on_step, scratch: Path, dog) -> RunResult:
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.seed + rank)  # before any model is built, cached or not
@@ -305,7 +314,13 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     # 1. caching stage: encoders run once per sample, then leave memory before the DiT arrives.
     rejected: dict[str, str] = {}
     if cfg.use_cache:
-        build_cache(cfg, samples, paths, storage, scratch, rank, world, progress, check_cancelled)
+        dog.beat("caching")
+
+        def caching_progress(done: int, total: int, message: str = "") -> None:
+            dog.beat("caching", done)
+            progress(done, total, message)
+
+        build_cache(cfg, samples, paths, storage, scratch, rank, world, caching_progress, check_cancelled)
         accelerator.wait_for_everyone()
         rejected = all_rejected(paths, storage)
         samples = [s for s in samples if s.id not in rejected]
@@ -318,6 +333,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     # 2. model, optimizer, schedule
     from .module import WanLoraTrainingModule
 
+    dog.beat("loading the model")
     torch.manual_seed(cfg.seed + rank)
     model = WanLoraTrainingModule(cfg, with_encoders=not cfg.use_cache, storage=storage)
     optimizer = torch.optim.AdamW(model.trainable_modules(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -374,6 +390,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
             storage.write_jsonl(paths.metrics, metrics)
 
     def save_state(step: int) -> None:
+        dog.beat("saving the state", step)
         local = scratch / f"state-{step}"
         kwargs = {"exclude_frozen_parameters": True} if deepspeed else {}
         accelerator.save_state(str(local), **kwargs)
@@ -394,6 +411,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     last_saved = start
     guard = SkippedSteps(cfg.max_skipped_steps_in_row, total=sum(1 for m in metrics if m.get("skipped")))
     for step in range(start, end):
+        dog.beat("training", step)
         check_cancelled()
         t0 = time.perf_counter()
         micro_losses, trained_ids = [], []
@@ -470,6 +488,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
             on_step(done, entry)
 
     # 5. final artefacts (every process takes the same branch: saving may gather across ranks)
+    dog.beat("writing the results", result.steps)
     if decoder is not None:
         accelerator.wait_for_everyone()
         rejected = all_rejected(paths, storage)
