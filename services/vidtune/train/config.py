@@ -49,6 +49,10 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     max_steps: int = 0                     # 0: run all epochs
     seed: int = 0
+    # validation: a held-out dataset (dir or metadata csv, e.g. the quality export of the val split)
+    validation_dataset: str = ""
+    validation_every_steps: int = 50       # loss at fixed timesteps with seeded noise, comparable over time
+    validation_timesteps: int = 4          # fixed timesteps spread evenly over the trained range
     # LoRA
     lora_rank: int = 32
     lora_alpha: float = 32.0
@@ -127,6 +131,10 @@ class TrainConfig:
                      "save_every_epochs", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgument(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.validation_dataset and not self.use_cache:
+            raise InvalidArgument("validation_dataset needs use_cache: true (held-out clips are encoded once)")
+        if self.validation_dataset and (self.validation_every_steps < 1 or self.validation_timesteps < 1):
+            raise InvalidArgument("validation_every_steps and validation_timesteps must be at least 1")
         if self.hang_timeout_s < 0:
             raise InvalidArgument(f"hang_timeout_s={self.hang_timeout_s}: must be 0 (off) or a number of seconds")
         if self.max_skipped_steps_in_row < 0:

@@ -131,6 +131,27 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
         shared, posi, _ = inputs
         return FlowMatchSFTLoss(self.pipe, **shared, **posi)
 
+    @torch.no_grad()
+    def fixed_timestep_loss(self, cached, fraction: float, seed: int) -> float:
+        """Validation loss of one cached sample at a fixed point of the trained timestep range, with noise
+        from `seed`: DiffSynth's loss with its timestep range narrowed to one timestep. The run's random
+        state is left as it was, so validating never changes the training numbers."""
+        n = len(self.pipe.scheduler.timesteps)
+        lo, hi = int(self.min_boundary * n), max(int(self.min_boundary * n) + 1, int(self.max_boundary * n))
+        index = min(hi - 1, lo + int(fraction * (hi - lo)))
+        shared, posi, nega = self.step_inputs(cached)
+        # randint(index, index + 1) can only draw `index`; the half steps keep int() off rounding edges.
+        shared.update(min_timestep_boundary=(index + 0.5) / n, max_timestep_boundary=(index + 1.5) / n,
+                      use_gradient_checkpointing=False)
+        inputs = self.transfer_data_to_device((shared, posi, nega), self.pipe.device, self.pipe.torch_dtype)
+        devices = [torch.cuda.current_device()] if str(self.pipe.device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for unit in self.train_units:
+                inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)
+            shared, posi, _ = inputs
+            return float(FlowMatchSFTLoss(self.pipe, **shared, **posi).float())
+
     def lora_state_dict(self, state_dict: dict | None = None) -> dict:
         """The trained LoRA tensors with DiT-relative names (upstream's `remove_prefix_in_ckpt=pipe.dit.`)."""
         state_dict = self.state_dict() if state_dict is None else state_dict

@@ -213,6 +213,9 @@ def plot_loss(metrics: list[dict], title: str):
         smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
                   for i in range(len(losses))]
         ax.plot(steps, smooth, lw=1.6, label=f"mean of {k}")
+    held_out = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
+    if held_out:
+        ax.plot(*zip(*held_out), "o-", lw=1.2, ms=3, label="held-out loss (fixed timesteps)")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
     ax.set_title(title)
@@ -230,6 +233,28 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
         t = min(1.0, (step - cfg.warmup_steps) / span)
         return 1.0 - t if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * t))
     return factor
+
+
+def validation_samples(cfg: TrainConfig, storage: Storage) -> list[Sample]:
+    """The held-out samples, their ids marked so they never share a cache entry with a training clip."""
+    return [Sample(id=f"validation/{s.id}", uri=s.uri, prompt=s.prompt)
+            for s in read_metadata(cfg.validation_dataset, storage)]
+
+
+def validate(module, cfg: TrainConfig, held_out: list[Sample], reader: "CacheReader") -> dict:
+    """Mean flow-matching loss of the held-out samples at fixed timesteps, with noise seeded per
+    (sample, timestep): the same numbers at every validation, so the curve shows the LoRA changing."""
+    k = cfg.validation_timesteps
+    fractions = [(j + 0.5) / k for j in range(k)]
+    by_fraction = {}
+    was_training = module.training
+    module.eval()
+    for j, fraction in enumerate(fractions):
+        losses = [module.fixed_timestep_loss(reader(s), fraction, seed=cfg.seed * 1_000_003 + i * k + j)
+                  for i, s in enumerate(held_out)]
+        by_fraction[f"{fraction:.3f}"] = sum(losses) / len(losses)
+    module.train(was_training)
+    return {"val_loss": sum(by_fraction.values()) / k, "val_loss_by_timestep": by_fraction}
 
 
 def _deepspeed_skipped(engine) -> int:
@@ -324,6 +349,13 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         accelerator.wait_for_everyone()
         rejected = all_rejected(paths, storage)
         samples = [s for s in samples if s.id not in rejected]
+    held_out: list[Sample] = []
+    if cfg.validation_dataset:
+        held_out = validation_samples(cfg, storage)
+        dog.beat("caching held-out clips")
+        build_cache(cfg, held_out, paths, storage, scratch, rank, world, caching_progress, check_cancelled)
+        accelerator.wait_for_everyone()
+        held_out = [s for s in held_out if s.id not in all_rejected(paths, storage)]
     if not samples:
         raise FailedPrecondition(f"dataset {cfg.dataset}: every sample was rejected ({len(rejected)}); "
                                  f"see {paths.cache}/rejected-*.jsonl")
@@ -466,7 +498,11 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
                         loss_value, guard.in_row, f", loss scale {loss_scale:g}" if loss_scale is not None else "")
         metrics.append(entry)
         result.steps, result.final_loss, result.skipped_steps = done, loss_value, guard.total
-        progress(done, total, f"loss={loss_value:.4f} lr={lr:.2e} {entry['samples_per_s']:.2f} samples/s")
+        if held_out and (done % cfg.validation_every_steps == 0 or done == end):
+            dog.beat("validating", done)
+            entry.update(validate(unwrapped, cfg, held_out, reader))
+        val = f" val_loss={entry['val_loss']:.4f}" if "val_loss" in entry else ""
+        progress(done, total, f"loss={loss_value:.4f}{val} lr={lr:.2e} {entry['samples_per_s']:.2f} samples/s")
         completed = order.epochs_completed(done)
         prev_completed = order.epochs_completed(step)
         if completed > prev_completed and (completed % cfg.save_every_epochs == 0 or completed == cfg.epochs):
@@ -532,6 +568,15 @@ def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejec
     ])
     rep.bullets([f"LoRA (DiffSynth): {result.lora}", f"LoRA (ComfyUI): {result.lora_comfyui}",
                  *[f"epoch {e}: {u}" for e, u in result.epochs.items()]])
+    validations = [m for m in metrics if "val_loss" in m]
+    if validations:
+        rep.heading("Validation")
+        rep.paragraph(f"Loss of the held-out clips ({cfg.validation_dataset}) at {cfg.validation_timesteps} fixed "
+                      f"timesteps with seeded noise, every {cfg.validation_every_steps} steps.")
+        columns = list(validations[0]["val_loss_by_timestep"])
+        rep.table(["step", "held-out loss", *[f"t={c}" for c in columns]],
+                  [[m["step"], f"{m['val_loss']:.4f}", *[f"{m['val_loss_by_timestep'][c]:.4f}" for c in columns]]
+                   for m in validations])
     if rejected:
         rep.heading("Rejected samples")
         rep.table(["sample", "reason"], [[k, v] for k, v in rejected.items()])
