@@ -16,6 +16,7 @@ import yaml
 
 from ..models.specs import get_spec
 from ..platform.errors import InvalidArgument
+from .timesteps import SAMPLINGS, WEIGHTINGS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -49,6 +50,12 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     max_steps: int = 0                     # 0: run all epochs
     seed: int = 0
+    timestep_sampling: str = "uniform"     # uniform (DiffSynth) | logit_normal | sigmoid | shift (see timesteps.py)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigmoid_scale: float = 1.0
+    timestep_shift: float = 3.0
+    loss_weighting: str = "default"        # default (the schedule's weight, DiffSynth) | none
     # validation: a held-out dataset (dir or metadata csv, e.g. the quality export of the val split)
     validation_dataset: str = ""
     validation_every_steps: int = 50       # loss at fixed timesteps with seeded noise, comparable over time
@@ -100,7 +107,11 @@ class TrainConfig:
         """A hash of what decides the sample order and the numbers, so a resume refuses a changed config."""
         keys = ("model", "expert", "height", "width", "num_frames", "dataset_repeat", "epochs", "seed",
                 "gradient_accumulation_steps", "lora_rank", "lora_alpha", "lora_targets", "precision")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        values = {k: getattr(self, k) for k in keys}
+        defaults = TrainConfig()
+        # Later fields join only when changed, so runs saved before they existed still resume.
+        values.update({k: getattr(self, k) for k in _LATER_FINGERPRINT_FIELDS if getattr(self, k) != getattr(defaults, k)})
+        blob = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def validate(self) -> "TrainConfig":
@@ -131,6 +142,12 @@ class TrainConfig:
                      "save_every_epochs", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgument(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.timestep_sampling not in SAMPLINGS:
+            raise InvalidArgument(f"timestep_sampling={self.timestep_sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+        if self.loss_weighting not in WEIGHTINGS:
+            raise InvalidArgument(f"loss_weighting={self.loss_weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+        if self.logit_std <= 0 or self.sigmoid_scale <= 0 or self.timestep_shift <= 0:
+            raise InvalidArgument("logit_std, sigmoid_scale and timestep_shift must be positive")
         if self.validation_dataset and not self.use_cache:
             raise InvalidArgument("validation_dataset needs use_cache: true (held-out clips are encoded once)")
         if self.validation_dataset and (self.validation_every_steps < 1 or self.validation_timesteps < 1):
@@ -151,6 +168,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_LATER_FINGERPRINT_FIELDS = ("timestep_sampling", "logit_mean", "logit_std", "sigmoid_scale", "timestep_shift",
+                             "loss_weighting")
 
 
 def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:

@@ -15,6 +15,7 @@ from diffsynth.models.wan_video_dit import WanModel
 from ..models.loading import load_pipeline
 from .config import TrainConfig
 from .numerics import modulation_in_fp32
+from .timesteps import index_range, one_timestep, pick_index
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Recomputed by the noise initialiser or the loss; never worth storing.
@@ -129,7 +130,16 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
         for unit in self.train_units:
             inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)
         shared, posi, _ = inputs
-        return FlowMatchSFTLoss(self.pipe, **shared, **posi)
+        if self.cfg.timestep_sampling == "uniform" and self.cfg.loss_weighting == "default":
+            return FlowMatchSFTLoss(self.pipe, **shared, **posi)  # DiffSynth's own draw and weight
+        scheduler = self.pipe.scheduler
+        n = len(scheduler.timesteps)
+        index = pick_index(self.cfg, scheduler.sigmas, *index_range(n, self.min_boundary, self.max_boundary))
+        shared.update(one_timestep(index, n))
+        loss = FlowMatchSFTLoss(self.pipe, **shared, **posi)
+        if self.cfg.loss_weighting == "none":  # undo the schedule's weight of this timestep
+            loss = loss / scheduler.linear_timesteps_weights[index]
+        return loss
 
     @torch.no_grad()
     def fixed_timestep_loss(self, cached, fraction: float, seed: int) -> float:
@@ -137,12 +147,9 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
         from `seed`: DiffSynth's loss with its timestep range narrowed to one timestep. The run's random
         state is left as it was, so validating never changes the training numbers."""
         n = len(self.pipe.scheduler.timesteps)
-        lo, hi = int(self.min_boundary * n), max(int(self.min_boundary * n) + 1, int(self.max_boundary * n))
-        index = min(hi - 1, lo + int(fraction * (hi - lo)))
+        lo, hi = index_range(n, self.min_boundary, self.max_boundary)
         shared, posi, nega = self.step_inputs(cached)
-        # randint(index, index + 1) can only draw `index`; the half steps keep int() off rounding edges.
-        shared.update(min_timestep_boundary=(index + 0.5) / n, max_timestep_boundary=(index + 1.5) / n,
-                      use_gradient_checkpointing=False)
+        shared.update(one_timestep(min(hi - 1, lo + int(fraction * (hi - lo))), n), use_gradient_checkpointing=False)
         inputs = self.transfer_data_to_device((shared, posi, nega), self.pipe.device, self.pipe.torch_dtype)
         devices = [torch.cuda.current_device()] if str(self.pipe.device).startswith("cuda") else []
         with torch.random.fork_rng(devices=devices):
