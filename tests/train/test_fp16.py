@@ -85,3 +85,25 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_with_the_reason(tiny_dataset, 
     assert "last saved state is step 4" in str(err.value)  # skipped steps change nothing, so step 4 was saved
     metrics = _metrics(tmp_path / "run")
     assert [m["step"] for m in metrics if m.get("skipped")] == [3, 4, 5]  # logged before stopping
+
+
+def test_fp8_base_weights_quarter_the_block_weights_and_train_close_to_fp32(tiny_dataset, tmp_path):
+    from vidtune.train.config import load_config
+    from vidtune.train.numerics import Fp8Linear
+
+    def block_bytes(module):
+        return sum(t.numel() * t.element_size() for t in [*module.pipe.dit.blocks.parameters(),
+                                                          *module.pipe.dit.blocks.buffers()] if not t.requires_grad)
+
+    plain = WanLoraTrainingModule(load_config("cpu-tiny"))
+    fp8 = WanLoraTrainingModule(load_config({"preset": "cpu-tiny", "base_weights_fp8": True}))
+    assert any(isinstance(m, Fp8Linear) for m in fp8.pipe.dit.blocks.modules())
+    assert block_bytes(fp8) < 0.4 * block_bytes(plain)  # 1 byte + a row scale instead of 4 bytes
+    runs = {}
+    for name, extra in (("fp32", {}), ("fp8", {"base_weights_fp8": True})):
+        run_training({"preset": "cpu-tiny", **extra}, str(tiny_dataset), str(tmp_path / name), max_steps=4)
+        runs[name] = [m["loss"] for m in _metrics(tmp_path / name)]
+    # same seed, same timesteps and noise: the losses differ only by the weights' rounding
+    assert all(abs(a - b) <= 0.05 * abs(a) + 1e-3 for a, b in zip(runs["fp32"], runs["fp8"])), runs
+    lora = load_file(str(tmp_path / "fp8" / "lora.safetensors"))
+    assert lora and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in lora.values())

@@ -71,6 +71,7 @@ class TrainConfig:
     deepspeed_stage: int = 0               # 0: plain accelerate; 2: ZeRO-2
     deepspeed_offload_optimizer: bool = False
     num_gpus: int = 0
+    base_weights_fp8: bool = False         # frozen DiT Linear weights stored in fp8 e4m3 (scaled per row)
     hang_timeout_s: float = 0.0            # no progress for this long ends the attempt (stacks logged); twice
                                            # this is the process group's collective timeout. 0: off
     max_skipped_steps_in_row: int = 25    # steps skipped for a non-finite loss/gradients before the run stops (0: never)
@@ -169,7 +170,7 @@ class TrainConfig:
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _LATER_FINGERPRINT_FIELDS = ("timestep_sampling", "logit_mean", "logit_std", "sigmoid_scale", "timestep_shift",
-                             "loss_weighting")
+                             "loss_weighting", "base_weights_fp8")
 
 
 def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:

@@ -14,7 +14,7 @@ from diffsynth.models.wan_video_dit import WanModel
 
 from ..models.loading import load_pipeline
 from .config import TrainConfig
-from .numerics import modulation_in_fp32
+from .numerics import frozen_linears_to_fp8, modulation_in_fp32
 from .timesteps import index_range, one_timestep, pick_index
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -97,6 +97,8 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
             self._set_lora_dropout(cfg.lora_dropout)
         if cfg.precision == "fp16":
             modulation_in_fp32(self.pipe.dit)
+        if cfg.base_weights_fp8:
+            frozen_linears_to_fp8(self.pipe.dit)
         self.min_boundary, self.max_boundary = cfg.timestep_range
         if not any(p.requires_grad for p in self.parameters()):
             raise ValueError(f"LoRA targets {cfg.lora_targets!r} matched no Linear layer of the DiT")
