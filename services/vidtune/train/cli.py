@@ -145,6 +145,9 @@ def cmd_submit(args) -> int:
 
 def cmd_presets(args) -> int:
     for row in describe_presets():
+        est = row["estimate"]
         print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "
-              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} ~{row['memory_per_gpu_gb']:.0f} GB/GPU")
+              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} estimated {est['total_gb']:.1f} GB/GPU "
+              f"(weights {est['weights_gb']:.1f} + LoRA/optimizer {est['lora_gb']:.1f} + activations "
+              f"{est['activations_gb']:.1f} at {est['tokens']} tokens + runtime {est['runtime_gb']:.1f})")
     return 0

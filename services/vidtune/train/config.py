@@ -48,6 +48,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = True
+    activation_offload: bool = False       # with checkpointing: each block's saved input kept in CPU memory
     max_steps: int = 0                     # 0: run all epochs
     seed: int = 0
     timestep_sampling: str = "uniform"     # uniform (DiffSynth) | logit_normal | sigmoid | shift (see timesteps.py)

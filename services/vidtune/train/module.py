@@ -115,7 +115,7 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
         shared.update({
             "max_timestep_boundary": self.max_boundary, "min_timestep_boundary": self.min_boundary,
             "use_gradient_checkpointing": self.cfg.gradient_checkpointing,
-            "use_gradient_checkpointing_offload": False, "cfg_scale": 1, "cfg_merge": False,
+            "use_gradient_checkpointing_offload": self.cfg.gradient_checkpointing and self.cfg.activation_offload, "cfg_scale": 1, "cfg_merge": False,
         })
         return shared, posi, nega
 

@@ -40,12 +40,12 @@ PRESETS: dict[str, dict] = {
         model="wan2.2-t2v-a14b", expert="high", height=480, width=832, num_frames=49, epochs=5,
         learning_rate=1e-4, lr_schedule="cosine", warmup_steps=50, gradient_accumulation_steps=1,
         precision="fp16", device="cuda", deepspeed_stage=2, deepspeed_offload_optimizer=True, num_gpus=8,
-        save_every_steps=200, hang_timeout_s=3600, base_weights_fp8=True, memory_per_gpu_gb=28.0,
-        notes=("One A14B expert on a V100 32GB: its frozen block weights stored in fp8 e4m3 (14.3 GB instead "
-               "of 28.6 GB in fp16), optimizer state offloaded to the CPU, activation checkpoints of 40 blocks "
-               "at 20,280 tokens (480x832x49 -> 13x60x104 latent, VAE stride 8) ~8.3 GB + one block "
-               "recomputed ~4 GB + ~1 GB runtime = ~28 GB (arithmetic, not measured). "
-               "Train the low-noise expert with expert=low."),
+        save_every_steps=200, hang_timeout_s=3600, base_weights_fp8=True, activation_offload=True,
+        memory_per_gpu_gb=23.0,
+        notes=("One A14B expert on a V100 32GB: frozen block weights stored in fp8 e4m3 (14.5 GB instead of "
+               "28.6 GB in fp16), optimizer state offloaded to the CPU, the 40 blocks' checkpointed inputs "
+               "(8.3 GB at 20,280 tokens: 480x832x49 -> 13x60x104 latent, VAE stride 8) kept in CPU memory; "
+               "on the GPU one block is recomputed at a time (~6 GB). Train the low-noise expert with expert=low."),
     ),
     "a100-ti2v-5b-704x1280x121": dict(
         model="wan2.2-ti2v-5b", height=704, width=1280, num_frames=121, epochs=5, learning_rate=1e-4,
@@ -68,10 +68,13 @@ def preset_config(name: str) -> TrainConfig:
 
 def describe_presets() -> list[dict]:
     """Name, model, size and expected memory of every preset (for `vidtune train presets`)."""
+    from .memory import estimate
+
     rows = []
     for name, values in PRESETS.items():
         cfg = preset_config(name)
         rows.append({"name": name, "model": cfg.model, "size": f"{cfg.height}x{cfg.width}x{cfg.num_frames}",
                      "precision": cfg.precision, "deepspeed_stage": cfg.deepspeed_stage, "gpus": cfg.num_gpus,
-                     "memory_per_gpu_gb": cfg.memory_per_gpu_gb, "notes": cfg.notes})
+                     "memory_per_gpu_gb": cfg.memory_per_gpu_gb, "estimate": estimate(cfg).as_dict(),
+                     "notes": cfg.notes})
     return rows
