@@ -4,15 +4,18 @@ Every rank beats a heartbeat at each unit of progress (a sample cached, a step s
 saved). A thread watches it; when nothing advanced for `timeout_s`, it writes the Python stacks of
 every thread of this process (faulthandler) and the reason to `<out>/logs/`, then ends the process
 with HANG_EXIT_CODE. A hung rank stalls the others in their next collective, so every rank's watchdog
-fires and every rank's stacks are logged; the process-group timeout (twice the window) is the second
+fires and every rank's stacks are logged (a rank the launcher terminates first writes them to stderr on
+SIGTERM); the process-group timeout (twice the window) is the second
 line for a rank stuck inside a collective. The Job's retry then resumes from the last saved state.
 """
 from __future__ import annotations
 
 import faulthandler
+import io
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -45,6 +48,15 @@ class HangWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"hang-watchdog-{rank}", daemon=True)
         self._thread.start()
+        # When another rank's watchdog fires first, the launcher (torchrun, the kubelet) ends this rank
+        # with SIGTERM: its stacks then go to stderr, the pod's log, before it terminates.
+        self._on_sigterm = False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
+                self._on_sigterm = True
+            except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+                pass  # stderr without a file descriptor (captured): nothing to write the stacks to
 
     @property
     def heartbeat_uri(self) -> str:
@@ -56,6 +68,8 @@ class HangWatchdog:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._on_sigterm:
+            faulthandler.unregister(signal.SIGTERM)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval_s):
