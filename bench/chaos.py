@@ -123,6 +123,14 @@ class Replica:
             if rc is None:
                 self.kill()
 
+    def crash_site(self) -> str:
+        """Where a crashed replica was (the faulthandler's innermost frame), or the log's last line."""
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        for i, line in enumerate(lines):
+            if line.startswith("Current thread") and i + 1 < len(lines):
+                return lines[i + 1].strip()
+        return lines[-1] if lines else ""
+
     def tail(self, lines: int = 8) -> str:
         try:
             return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -307,15 +315,10 @@ class Chaos:
     def replica(self, name: str, bucket: str, args: list[str] = (), **env) -> Replica:
         port = PORT_BASE + self._next_port % 100
         self._next_port += 1
-        full = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        full.update(self.info.env())
-        full.update({"VIDTUNE_JOBS_ROOT": join(bucket, "jobs"), "VIDTUNE_TOKEN": TOKEN, "VIDTUNE_PORT": str(port),
-                     "VIDTUNE_LEASE_SECONDS": str(self.lease), "VIDTUNE_SCAN_SECONDS": "0.5",
-                     "VIDTUNE_STOP_GRACE": str(self.grace), "VIDTUNE_FFMPEG": self.ffmpeg,
-                     "VIDTUNE_TRANSCODE_ENCODER": "libx264", "VIDTUNE_LOG_LEVEL": "INFO",
-                     "NO_PROXY": "127.0.0.1,localhost"})
-        full.update({k: str(v) for k, v in env.items()})
-        r = Replica(name, port, full, list(args), self.workdir / f"replica-{self._next_port:02d}-{name}.log")
+        r = start_replica(name, port, self.info.env(), join(bucket, "jobs"),
+                          self.workdir / f"replica-{self._next_port:02d}-{name}.log", args,
+                          VIDTUNE_LEASE_SECONDS=self.lease, VIDTUNE_STOP_GRACE=self.grace,
+                          VIDTUNE_FFMPEG=self.ffmpeg, **env)
         self.replicas.append(r)
         return r
 
@@ -323,6 +326,20 @@ class Chaos:
         for r in self.replicas:
             r.close()
         self.stop_store()
+
+
+def start_replica(name: str, port: int, store_env: dict, jobs_root: str, log_path: Path, args: list[str] = (),
+                  **env) -> Replica:
+    """`vidtune serve transcode` on `port` over the store in `store_env`, with short leases and scans."""
+    full = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    full.update(store_env)
+    full.update({"VIDTUNE_JOBS_ROOT": jobs_root, "VIDTUNE_TOKEN": TOKEN, "VIDTUNE_PORT": str(port),
+                 "VIDTUNE_LEASE_SECONDS": "3", "VIDTUNE_SCAN_SECONDS": "0.5", "VIDTUNE_STOP_GRACE": "10",
+                 "VIDTUNE_TRANSCODE_ENCODER": "libx264", "VIDTUNE_LOG_LEVEL": "INFO",
+                 "PYTHONFAULTHANDLER": "1",  # a crash leaves its Python stack in the replica's log
+                 "NO_PROXY": "127.0.0.1,localhost"})
+    full.update({k: str(v) for k, v in env.items()})
+    return Replica(name, port, full, list(args), log_path)
 
 
 def holder_pid(record: dict) -> int | None:
@@ -495,6 +512,7 @@ def store_restart(chaos: Chaos, n: int = 12) -> Row:
         row.check(not_serving_s is not None, "health never went NOT_SERVING while the store was away")
         live = c.status(LIVENESS, timeout=2)
         row.check(live == "SERVING", f"liveness says {live} while the store is away")
+        overall = c.status("", timeout=2)  # what a probe without a service name sees
         t0 = time.perf_counter()
         code, message = "OK", ""
         try:
@@ -525,10 +543,54 @@ def store_restart(chaos: Chaos, n: int = 12) -> Row:
         row.check(r.proc.poll() is None, f"the replica exited ({r.proc.returncode})")
         row.figures = {"items": n, "not_serving_after_s": _r(not_serving_s), "submit_s": round(submit_s, 2),
                        "submit": code, "outage_s": round(outage_s, 1), "store_start_s": round(start_s, 1),
-                       "serving_again_after_s": _r(serving_s), "attempt": record["attempt"], "message": message}
+                       "serving_again_after_s": _r(serving_s), "overall_health_in_outage": overall,
+                       "attempt": record["attempt"], "message": message}
     finally:
         watch.close()
         c.close()
+    return row
+
+
+def start_during_store_outage(chaos: Chaos, n: int = 2, wait_s: float = 20.0) -> Row:
+    """A replica started while the store is away (a node reboot takes both down) answers liveness at
+    once, reports NOT_SERVING, and serves once the store is back, without a restart."""
+    row = Row("start during store outage", True)
+    bucket = chaos.new_bucket("cold")
+    chaos.stop_store()
+    t0 = time.monotonic()
+    r = chaos.replica("only", bucket, VIDTUNE_S3_OUTAGE_SECONDS=120)
+    c = Client(r.endpoint)
+    live = ready = None
+    try:
+        while time.monotonic() - t0 < wait_s and r.proc.poll() is None:
+            try:
+                live, ready = c.status(LIVENESS), c.status(SERVICE_HEALTH)
+                break
+            except grpc.RpcError:
+                time.sleep(0.2)
+        live_s = time.monotonic() - t0
+        row.check(live == "SERVING", f"liveness did not answer within {wait_s:.0f} s of start while the store "
+                                     f"was away (exit code {r.proc.poll()})")
+        row.check(ready in (None, "NOT_SERVING"), f"readiness said {ready} while the store was away")
+        chaos.start_store()
+        serving_s = None
+        try:
+            serving_s = r.wait_serving(150)
+        except RuntimeError as e:
+            row.check(False, str(e))
+        if serving_s is not None:
+            job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
+            watch = RecordWatch(chaos.job_store(bucket), job_id)
+            try:
+                check_succeeded(row, watch.terminal(), 1)
+            finally:
+                watch.close()
+        row.figures = {"liveness": live, "readiness": ready, "answered_after_s": _r(live_s) if live else None,
+                       "serving_after_store_back_s": _r(serving_s), "restarts": 0 if r.proc.poll() is None else 1}
+    finally:
+        c.close()
+        if chaos.store_proc is None:
+            chaos.start_store()
     return row
 
 
@@ -557,22 +619,57 @@ def idle_streams(chaos: Chaos, n: int = 12, watches: int = 1000, reflections: in
             row.check(max(values) < 1.0, f"{name} took up to {max(values):.2f} s with the streams open")
         messages = holder.close()
         holder = None
-        after = timed_calls(lambda: c.status("", timeout=5), 10) + timed_calls(lambda: c.get(job_id, timeout=5), 10)
-        row.check(max(after) < 1.0, f"after the streams closed, calls took up to {max(after):.2f} s")
-        cancelled = c.cancel(job_id)
-        record = watch.terminal(60)
-        row.check(record["state"] == "CANCELLED", f"cancel after the streams left: {record['state']} "
-                                                  f"({jobs_pb2.JobState.Name(cancelled.state)})")
-        row.check(r.proc.poll() is None, "the replica exited")
+        after = [float("inf")]
+        try:
+            after = timed_calls(lambda: c.status("", timeout=5), 10) + \
+                timed_calls(lambda: c.get(job_id, timeout=5), 10)
+            row.check(max(after) < 1.0, f"after the streams closed, calls took up to {max(after):.2f} s")
+            c.cancel(job_id)
+            record = watch.terminal(60)
+            row.check(record["state"] == "CANCELLED", f"cancel after the streams left: {record['state']}")
+        except grpc.RpcError as e:
+            time.sleep(1)
+            row.check(False, f"after the streams closed: {e.code().name}: {e.details()} "
+                             f"(replica exit code {r.proc.poll()}: {r.tail(3)})")
+        row.check(r.proc.poll() is None, f"the replica exited with {r.proc.poll()}")
         row.figures = {"watch_streams": watches, "reflection_streams": reflections, "open_s": round(open_s, 1),
                        "health_p50_ms": _ms(percentile(health, 0.5)), "health_p99_ms": _ms(percentile(health, 0.99)),
                        "getjob_p50_ms": _ms(percentile(get, 0.5)), "getjob_p99_ms": _ms(percentile(get, 0.99)),
-                       "watch_messages": messages, "after_max_ms": _ms(max(after))}
+                       "watch_messages": messages, "after_max_ms": _ms(max(after)), "exit_code": r.proc.poll()}
     finally:
         if holder is not None:
             holder.close()
         watch.close()
         c.close()
+    return row
+
+
+def cancel_storm(chaos: Chaos, n: int = 12, watches: int = 1000, rounds: int = 4) -> Row:
+    """Clients that open 1,000 Watch streams on a running job and drop them all at once, several times:
+    the server lives through it (a liveness probe must never find it gone)."""
+    row = Row(f"{watches} streams dropped x{rounds}", True)
+    bucket = chaos.new_bucket("storm")
+    r = chaos.replica("only", bucket, VIDTUNE_MAX_STREAMS_PER_PEER=2 * watches)
+    r.wait_serving()
+    c = Client(r.endpoint)
+    job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
+    survived = 0
+    try:
+        for _ in range(rounds):
+            holder = StreamHolder(r.endpoint, job_id, watches, 0)
+            holder.wait_open(120)
+            holder.close()
+            time.sleep(0.5)
+            if r.proc.poll() is not None:
+                break
+            survived += 1
+        row.check(r.proc.poll() is None, f"the replica died with exit code {r.proc.poll()} after "
+                                         f"{survived} of {rounds} rounds, in {r.crash_site()}")
+        if r.proc.poll() is None:
+            c.cancel(job_id)
+    finally:
+        c.close()
+    row.figures = {"rounds_survived": survived, "rounds": rounds, "exit_code": r.proc.poll()}
     return row
 
 
@@ -683,8 +780,9 @@ def cancel_beside_another(chaos: Chaos, n: int = 8) -> Row:
 
 
 SCENARIOS = {"two-replicas": two_replicas_one_job, "sigterm": sigterm_then_restart, "kill9": kill9_with_survivor,
-             "store-restart": store_restart, "streams": idle_streams, "reserved": report_aimed_at_a_record,
-             "junk": junk_under_jobs_root, "cancel": cancel_beside_another}
+             "store-restart": store_restart, "streams": idle_streams,
+             "storm": cancel_storm, "reserved": report_aimed_at_a_record,
+             "junk": junk_under_jobs_root, "cancel": cancel_beside_another, "cold-start": start_during_store_outage}
 
 
 def _r(x: float | None) -> float | None:
