@@ -23,8 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
+import posixpath
 import queue
+import re
 import secrets
 import signal
 import socket
@@ -129,6 +132,38 @@ def fail(record: dict, code: str, message: str) -> dict:
     record["error"] = {"code": grpc_code(code), "message": message}
     record["progress"]["message"] = message
     return record
+
+
+_URI_IN_TEXT = re.compile(r"s3://[^\s'\"]+")
+
+
+def spec_problems(spec, jobs_root: str, path: str = "") -> list[str]:
+    """What no request may carry, whatever its kind: a URI into the job records' prefix (a report aimed at
+    a record would replace it) and numbers that are not finite. Looks into nested fields and into text
+    (a YAML config) for s3:// URIs."""
+    problems = []
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            problems += spec_problems(v, jobs_root, f"{path}.{k}" if path else str(k))
+    elif isinstance(spec, (list, tuple)):
+        for i, v in enumerate(spec):
+            problems += spec_problems(v, jobs_root, f"{path}[{i}]")
+    elif isinstance(spec, float) and not math.isfinite(spec):
+        problems.append(f"{path}: {spec} is not a finite number")
+    elif isinstance(spec, str):
+        root = _normal(jobs_root)
+        for uri in _URI_IN_TEXT.findall(spec) + ([spec] if spec and not spec.startswith("s3://") else []):
+            target = _normal(uri)
+            if target == root or target.startswith(root + "/"):
+                problems.append(f"{path}: {uri} is inside the job records' prefix {jobs_root}; choose another place")
+    return problems
+
+
+def _normal(uri: str) -> str:
+    """A URI or path with '.', '..' and doubled slashes resolved, for prefix comparisons."""
+    if uri.startswith("s3://"):
+        return "s3://" + posixpath.normpath("/" + uri[5:]).lstrip("/")
+    return os.path.normpath(os.path.abspath(uri)) if uri else uri
 
 
 def lease_alive(record: dict, now: float | None = None) -> bool:
@@ -656,6 +691,9 @@ class JobManager:
         if backend != "inprocess" and backend not in self.launchers:
             raise InvalidArgument(f"backend {backend!r} is not available here; "
                                   f"known: {['inprocess', *sorted(self.launchers)]}")
+        problems = spec_problems(spec, self.store.root)
+        if problems:
+            raise InvalidArgument("; ".join(problems))
         rec = new_record(self.service, kind, spec, backend, labels)
         self.store.create(rec)  # before launching: the launched worker loads it
         self.index.put(rec)

@@ -169,21 +169,28 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         level = logging.DEBUG if method.startswith(_OPEN_PREFIXES) else logging.INFO
 
-        def done(context, t0: float) -> None:
-            code = getattr(context.code() or grpc.StatusCode.OK, "name", None) or _code_name(context.code())
+        def done(code: str, peer: str, t0: float) -> None:
             ms = round(1000 * (time.monotonic() - t0), 1)
             log.log(level, "%s %s %.1f ms", method, code, ms,
-                    extra={"method": method, "code": code, "duration_ms": ms, "peer": context.peer()})
+                    extra={"method": method, "code": code, "duration_ms": ms, "peer": peer})
 
         def around(behaviour, streaming):
             if streaming:
+                # A stream's context must not be touched once the call is over (its generator may be closed
+                # after the server let go of the call), so the code is taken while the call is alive.
                 async def stream(request, context):
-                    t0 = time.monotonic()
+                    t0, peer, code = time.monotonic(), context.peer(), "OK"
                     try:
                         async for item in _run_stream(behaviour, request, context):
                             yield item
+                    except (asyncio.CancelledError, GeneratorExit):
+                        code = "CANCELLED"
+                        raise
+                    except BaseException:
+                        code = _code_name(context.code()) if context.code() is not None else "UNKNOWN"
+                        raise
                     finally:
-                        done(context, t0)
+                        done(code, peer, t0)
                 return stream
 
             async def unary(request, context):
@@ -191,16 +198,18 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await behaviour(request, context)
                 finally:
-                    done(context, t0)
+                    done(_code_name(context.code()), context.peer(), t0)
             return unary
         return _wrap(handler, around)
 
 
 def _code_name(code) -> str:
-    """aio contexts report the code as a StatusCode or as its number."""
+    """aio contexts report the code as a StatusCode, as its number, or None (OK)."""
+    if code is None:
+        return "OK"
     if isinstance(code, grpc.StatusCode):
         return code.name
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN") if code is not None else "OK"
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
 
 
 # --------------------------------------------------------------------------- errors
@@ -212,9 +221,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, VidtuneError):
         return getattr(grpc.StatusCode, exc.code), str(exc)
     if isinstance(exc, yaml.YAMLError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"not valid YAML: {str(exc).splitlines()[0]}"
-    if isinstance(exc, (ValueError, TypeError, OverflowError)) and not isinstance(exc, UnicodeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"{exc}"
+        return grpc.StatusCode.INVALID_ARGUMENT, f"not valid YAML: {' '.join(str(exc).split())[:300]}"
     log.error("unexpected error: %s", exc, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
@@ -274,9 +281,27 @@ def _jsonable(obj) -> dict:
 
 
 def proto_to_dict(msg) -> dict:
-    """A request message as a plain spec dict (field names as in the .proto, defaults included)."""
+    """A request message as a plain spec dict (field names as in the .proto, defaults included); a number
+    that is not finite is refused here, before JSON turns it into a string."""
+    _refuse_non_finite(msg)
     return json_format.MessageToDict(msg, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
+
+
+def _refuse_non_finite(msg, path: str = "") -> None:
+    import math
+
+    for fd, value in msg.ListFields():
+        name = f"{path}{fd.name}"
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                continue
+            for sub in (value if fd.is_repeated else [value]):
+                _refuse_non_finite(sub, name + ".")
+        elif fd.cpp_type in (fd.CPPTYPE_FLOAT, fd.CPPTYPE_DOUBLE):
+            for v in (value if fd.is_repeated else [value]):
+                if not math.isfinite(v):
+                    raise InvalidArgument(f"{name}: {v} is not a finite number")
 
 
 class JobServicer:
@@ -363,15 +388,18 @@ class ServiceDefinition:
     extra_stop: list[Callable[[], None]] = field(default_factory=list)
 
 
-def job_service(name: str, handlers: dict, servicer_class: type, add_servicer: Callable, proto_service,
-                storage: Storage | None = None, job_workers: int = 1, placement=None) -> ServiceDefinition:
-    """The definition of a service whose RPCs submit jobs: its JobManager and servicer. With a `placement`,
-    its jobs can also run as workers (local subprocess, Kubernetes Job) and a reconciler follows them."""
+def job_service(name: str, kinds: list, servicer_base: type, add_servicer: Callable, proto_service,
+                storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
+    """The definition of a service whose RPCs submit jobs, from its job kinds' declarations: its
+    JobManager and servicer. When a kind says where its workers run (`placement`), the service's jobs can
+    also run as workers (local subprocess, Kubernetes Job) and a reconciler follows them."""
+    from .kinds import handlers, placement_of, submit_servicer
     from .launchers import service_launchers, start_reconciler
 
-    launchers = service_launchers(name, placement) if placement else {}
-    manager = JobManager(name, storage or Storage(), jobs_root(), handlers, workers=job_workers, launchers=launchers)
-    return ServiceDefinition(name=name, servicers=[(add_servicer, servicer_class(manager))],
+    launchers = service_launchers(name, placement_of(kinds)) if any(k.placement for k in kinds) else {}
+    manager = JobManager(name, storage or Storage(), jobs_root(), handlers(kinds), workers=job_workers,
+                         launchers=launchers)
+    return ServiceDefinition(name=name, servicers=[(add_servicer, submit_servicer(servicer_base, kinds)(manager))],
                              proto_services=[proto_service.full_name], manager=manager,
                              extra_stop=start_reconciler(manager.store, launchers))
 
@@ -393,10 +421,17 @@ class Server:
         self.port = 0
         self.store_ok = True
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{definition.name}-grpc", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name=f"{definition.name}-grpc", daemon=True)
         self._stopped = threading.Event()   # stop() has begun
         self._done = threading.Event()      # stop() has finished
         self._tasks: list[asyncio.Task] = []
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Close the streams' generators here, on their loop, before the loop goes.
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
 
     # -- building (on the loop)
     async def _build(self) -> None:
@@ -482,6 +517,7 @@ class Server:
             for fn in self.definition.extra_stop:
                 fn()
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
             log.info("%s stopped", self.definition.name, extra={"service": self.definition.name})
             self._done.set()
 
