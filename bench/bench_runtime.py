@@ -126,7 +126,7 @@ def list_bench(s3: Storage, bucket: str, workdir: Path) -> dict:
             out[f"idle_cpu_{n}_pct"] = round(_cpu_percent(server.pid, 10.0), 1)
             with Client(server.endpoint) as c:
                 def page(state: int = 0):
-                    resp = c.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=100, state=state), metadata=c.meta,
+                    resp = c.job_service.ListJobs(jobs_pb2.ListJobsRequest(page_size=100, state=state), metadata=c.meta,
                                            timeout=30)
                     assert len(resp.jobs) == min(100, n if not state else n // 100), len(resp.jobs)
                 first, failed = [], []

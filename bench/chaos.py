@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vidtune.platform.client import ServiceClient
 from vidtune.platform.jobs import TERMINAL, JobStore
 from vidtune.platform.objectstore import ObjectStoreInfo, start_weed_mini, stop_process
 from vidtune.platform.storage import S3Config, Storage, join
@@ -44,7 +44,6 @@ PORT_BASE = int(os.environ.get("VIDTUNE_CHAOS_PORT_BASE", "52700"))
 TOKEN = os.environ.get("VIDTUNE_CHAOS_TOKEN") or "chaos-" + secrets.token_hex(8)
 SERVICE_HEALTH = "vidtune.v1.TranscodeService"
 LIVENESS = "vidtune.v1.Liveness"
-LOOPBACK_ONLY = [("grpc.enable_http_proxy", 0)]  # loopback only, whatever proxy the environment names
 _ENCODE_RE = re.compile(r"vt-(tc-\d{8}-\d{6}-[0-9a-f]{6})-[^ ]*/(clip-\d+)\.mp4")
 
 
@@ -82,7 +81,7 @@ class Replica:
     def wait_serving(self, timeout: float = 90.0) -> float:
         """Seconds until health says SERVING; raises when the process dies or never gets there."""
         t0 = time.monotonic()
-        with grpc.insecure_channel(self.endpoint, options=LOOPBACK_ONLY) as ch:
+        with grpc.insecure_channel(self.endpoint) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() - t0 < timeout:
                 if self.proc.poll() is not None:
@@ -151,14 +150,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-class Client:
-    """A channel to one replica with the stubs and the bearer token."""
+class Client(ServiceClient):
+    """A replica's channel with the bearer token, and the calls the scenarios make."""
 
     def __init__(self, endpoint: str):
-        self.channel = grpc.insecure_channel(endpoint, options=LOOPBACK_ONLY)
-        self.meta = [("authorization", f"Bearer {TOKEN}")]
+        super().__init__("transcode", endpoint, TOKEN)
+        self.meta = self.metadata
         self.transcode = transcode_pb2_grpc.TranscodeServiceStub(self.channel)
-        self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
+        self.job_service = self.jobs()
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def submit(self, inputs: list[str], output: str, report: str = "", workers: int = 1, timeout: float = 20):
@@ -167,23 +166,14 @@ class Client:
         return self.transcode.SubmitTranscode(req, metadata=self.meta, timeout=timeout)
 
     def get(self, job_id: str, timeout: float = 10):
-        return self.jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=self.meta, timeout=timeout)
+        return self.job_service.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=self.meta, timeout=timeout)
 
     def cancel(self, job_id: str, timeout: float = 10):
-        return self.jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job_id), metadata=self.meta, timeout=timeout)
+        return self.job_service.CancelJob(jobs_pb2.CancelJobRequest(id=job_id), metadata=self.meta, timeout=timeout)
 
     def status(self, service: str = "", timeout: float = 1.0) -> str:
         resp = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class RecordWatch:
@@ -322,6 +312,17 @@ class Chaos:
         self.replicas.append(r)
         return r
 
+    def serving(self, name: str, bucket: str, args: list[str] = (), **env) -> Replica:
+        r = self.replica(name, bucket, args, **env)
+        r.wait_serving()
+        return r
+
+    def start_job(self, replica: Replica, bucket: str, n: int, output: str = "out") -> tuple[str, RecordWatch]:
+        """Submit a transcode of the first `n` clips through `replica`; its id and a watch on its record."""
+        with Client(replica.endpoint) as c:
+            job_id = c.submit(self.clips[:n], f"{bucket}/{output}/").id
+        return job_id, RecordWatch(self.job_store(bucket), job_id)
+
     def close(self) -> None:
         for r in self.replicas:
             r.close()
@@ -384,15 +385,10 @@ def two_replicas_one_job(chaos: Chaos, n: int = 12) -> Row:
     """A second replica starts mid-job (a rolling update): the job keeps one runner."""
     row = Row("two replicas, one job", True)
     bucket = chaos.new_bucket("two")
-    a = chaos.replica("A", bucket)
-    a.wait_serving()
-    with Client(a.endpoint) as c:
-        job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-    watch = RecordWatch(chaos.job_store(bucket), job_id)
+    job_id, watch = chaos.start_job(chaos.serving("A", bucket), bucket, n)
     try:
         watch.done_at_least(0)
-        b = chaos.replica("B", bucket)
-        b.wait_serving()
+        chaos.serving("B", bucket)
         done_when_b_up = watch.record["progress"]["done"]
         row.check(done_when_b_up < n, f"the job ended ({done_when_b_up}/{n}) before replica B was up")
         record = watch.terminal()
@@ -415,12 +411,9 @@ def sigterm_then_restart(chaos: Chaos, n: int = 12) -> Row:
     """SIGTERM mid-job: items in flight finish, the job goes back QUEUED, the next replica ends it."""
     row = Row("SIGTERM mid-job, restart", True)
     bucket = chaos.new_bucket("term")
-    first = chaos.replica("first", bucket)
-    first.wait_serving()
-    with Client(first.endpoint) as c:
-        job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
+    first = chaos.serving("first", bucket)
+    job_id, watch = chaos.start_job(first, bucket, n)
     store = chaos.job_store(bucket)
-    watch = RecordWatch(store, job_id)
     try:
         watch.done_at_least(max(1, n // 3))
         rc, exit_s = first.terminate(chaos.grace + 10)
@@ -430,8 +423,7 @@ def sigterm_then_restart(chaos: Chaos, n: int = 12) -> Row:
         row.check(handed["state"] == "QUEUED" and not handed.get("lease"),
                   f"after the drain the record is {handed['state']} with lease {handed.get('lease')}")
         done_at_drain = handed["progress"]["done"]
-        second = chaos.replica("second", bucket)
-        second.wait_serving()
+        chaos.serving("second", bucket)
         record = watch.terminal()
         check_succeeded(row, record, 2)
         lines = check_report(row, chaos, record, n)
@@ -458,9 +450,7 @@ def kill9_with_survivor(chaos: Chaos, n: int = 12) -> Row:
     a, b = chaos.replica("A", bucket), chaos.replica("B", bucket)
     a.wait_serving()
     b.wait_serving()
-    with Client(a.endpoint) as c:
-        job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-    watch = RecordWatch(chaos.job_store(bucket), job_id)
+    job_id, watch = chaos.start_job(a, bucket, n)
     try:
         rec = watch.done_at_least(max(1, n // 3))
         runner = {a.pid: a, b.pid: b}.get(holder_pid(rec))
@@ -491,11 +481,9 @@ def store_restart(chaos: Chaos, n: int = 12) -> Row:
     """The object store goes away mid-job and comes back: readiness follows it, the job carries on."""
     row = Row("store restart mid-job", True)
     bucket = chaos.new_bucket("store")
-    r = chaos.replica("only", bucket)
-    r.wait_serving()
+    r = chaos.serving("only", bucket)
     c = Client(r.endpoint)
-    job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-    watch = RecordWatch(chaos.job_store(bucket), job_id)
+    job_id, watch = chaos.start_job(r, bucket, n)
     try:
         watch.done_at_least(max(1, n // 3))
         t_stop = time.monotonic()
@@ -578,9 +566,8 @@ def start_during_store_outage(chaos: Chaos, n: int = 2, wait_s: float = 20.0) ->
             serving_s = r.wait_serving(150)
         except RuntimeError as e:
             row.check(False, str(e))
-        if serving_s is not None:
-            job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-            watch = RecordWatch(chaos.job_store(bucket), job_id)
+        if serving_s is not None and n:
+            _, watch = chaos.start_job(r, bucket, n)
             try:
                 check_succeeded(row, watch.terminal(), 1)
             finally:
@@ -598,11 +585,9 @@ def idle_streams(chaos: Chaos, n: int = 12, watches: int = 1000, reflections: in
     """1,000 WatchJob streams and 16 unauthenticated reflection streams: health and GetJob still answer."""
     row = Row(f"{watches} idle streams", True)
     bucket = chaos.new_bucket("streams")
-    r = chaos.replica("only", bucket, VIDTUNE_MAX_STREAMS_PER_PEER=2 * watches)
-    r.wait_serving()
+    r = chaos.serving("only", bucket, VIDTUNE_MAX_STREAMS_PER_PEER=2 * watches)
     c = Client(r.endpoint)
-    job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-    watch = RecordWatch(chaos.job_store(bucket), job_id)
+    job_id, watch = chaos.start_job(r, bucket, n)
     holder = None
     try:
         watch.done_at_least(0)
@@ -649,10 +634,10 @@ def cancel_storm(chaos: Chaos, n: int = 12, watches: int = 1000, rounds: int = 4
     the server lives through it (a liveness probe must never find it gone)."""
     row = Row(f"{watches} streams dropped x{rounds}", True)
     bucket = chaos.new_bucket("storm")
-    r = chaos.replica("only", bucket, VIDTUNE_MAX_STREAMS_PER_PEER=2 * watches)
-    r.wait_serving()
+    r = chaos.serving("only", bucket, VIDTUNE_MAX_STREAMS_PER_PEER=2 * watches)
     c = Client(r.endpoint)
-    job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
+    job_id, watch = chaos.start_job(r, bucket, n)
+    watch.close()  # only the server's survival matters here
     survived = 0
     try:
         for _ in range(rounds):
@@ -677,12 +662,11 @@ def report_aimed_at_a_record(chaos: Chaos, n: int = 2) -> Row:
     """A report URI pointing at another job's record is refused at submit; that record stays intact."""
     row = Row("report aimed at a record", True)
     bucket = chaos.new_bucket("reserved")
-    r = chaos.replica("only", bucket)
-    r.wait_serving()
+    r = chaos.serving("only", bucket)
     store = chaos.job_store(bucket)
+    victim, first_watch = chaos.start_job(r, bucket, n)
+    watches = [first_watch]
     with Client(r.endpoint) as c:
-        victim = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-        watches = [RecordWatch(store, victim)]
         code, message = "OK", ""
         try:
             attacker = c.submit(chaos.clips[:1], f"{bucket}/out-x/", report=store.uri(victim)).id
@@ -710,12 +694,8 @@ def junk_under_jobs_root(chaos: Chaos, n: int = 2) -> Row:
     lists and serves its jobs."""
     row = Row("junk under the jobs root", True)
     bucket = chaos.new_bucket("junk")
-    first = chaos.replica("first", bucket)
-    first.wait_serving()
-    store = chaos.job_store(bucket)
-    with Client(first.endpoint) as c:
-        job_id = c.submit(chaos.clips[:n], f"{bucket}/out/").id
-    watch = RecordWatch(store, job_id)
+    first = chaos.serving("first", bucket)
+    job_id, watch = chaos.start_job(first, bucket, n)
     try:
         watch.terminal()
     finally:
@@ -735,7 +715,7 @@ def junk_under_jobs_root(chaos: Chaos, n: int = 2) -> Row:
     if started_s is not None:
         with Client(second.endpoint) as c:
             try:
-                listed = [j.id for j in c.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=c.meta, timeout=10).jobs]
+                listed = [j.id for j in c.job_service.ListJobs(jobs_pb2.ListJobsRequest(), metadata=c.meta, timeout=10).jobs]
                 row.check(listed == [job_id], f"ListJobs gave {listed}, expected [{job_id}]")
                 got = jobs_pb2.JobState.Name(c.get(job_id).state)
                 row.check(got == "SUCCEEDED", f"the job is {got} after the restart")
@@ -751,13 +731,10 @@ def cancel_beside_another(chaos: Chaos, n: int = 8) -> Row:
     """With two jobs running on one server, cancelling one leaves the other's encodes alone."""
     row = Row("cancel one of two jobs", True)
     bucket = chaos.new_bucket("cancel")
-    r = chaos.replica("only", bucket, args=["--job-workers", "2"])
-    r.wait_serving()
-    store = chaos.job_store(bucket)
+    r = chaos.serving("only", bucket, args=["--job-workers", "2"])
+    doomed, w_doomed = chaos.start_job(r, bucket, n, "out-a")
+    kept, w_kept = chaos.start_job(r, bucket, n, "out-b")
     with Client(r.endpoint) as c:
-        doomed = c.submit(chaos.clips[:n], f"{bucket}/out-a/").id
-        kept = c.submit(chaos.clips[:n], f"{bucket}/out-b/").id
-        w_doomed, w_kept = RecordWatch(store, doomed), RecordWatch(store, kept)
         try:
             w_doomed.done_at_least(1)
             w_kept.done_at_least(1)
@@ -833,7 +810,7 @@ async def hold_streams(endpoint: str, job_id: str, watches: int, reflections: in
     from grpc_reflection.v1alpha import reflection_pb2_grpc
 
     meta = [("authorization", f"Bearer {TOKEN}")]
-    chans = [grpc.aio.insecure_channel(endpoint, options=LOOPBACK_ONLY) for _ in range(channels)]
+    chans = [grpc.aio.insecure_channel(endpoint) for _ in range(channels)]
     received = 0
     first = [asyncio.Event() for _ in range(watches)]
 
@@ -906,6 +883,8 @@ def run(names: list[str], workdir: Path, clips: int = 12) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for k in [k for k in os.environ if k.lower() in ("http_proxy", "https_proxy", "all_proxy")]:
+        del os.environ[k]  # every call here goes to loopback
     if argv[:1] == ["--hold-streams"]:
         endpoint, job_id, w, r, ch = argv[1:6]
         asyncio.run(hold_streams(endpoint, job_id, int(w), int(r), int(ch)))
