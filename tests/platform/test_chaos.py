@@ -55,6 +55,7 @@ def test_kill9_mid_job_the_survivor_takes_over(run):
     assert row.figures["attempt"] == 2
 
 
+@pytest.mark.slow
 def test_store_restart_mid_job_the_job_carries_on(run):
     row = run(chaos_mod.store_restart, n=SHORT)
     _held(row)
@@ -87,5 +88,6 @@ def test_cancel_leaves_the_other_jobs_encodes_alone(run):
 
 @pytest.mark.xfail(strict=True, reason="Server.start runs the manager's first scan (every record read from the "
                                        "store) before the gRPC port is bound: while the store is away nothing answers")
+@pytest.mark.slow
 def test_a_replica_started_during_a_store_outage_answers_liveness(run):
     _held(run(chaos_mod.start_during_store_outage, n=0, wait_s=8))
