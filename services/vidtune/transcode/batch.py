@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -185,6 +185,12 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
                 word = "skipped" if r.skipped else r.status
                 progress(len(results), total, f"{word}: {basename(r.input)}")
             if cancelled():
+                # Collect the items in flight (a drain lets them finish; a cancel has killed their
+                # encoders), so the progress handed back counts every item whose output exists.
+                for fut in as_completed(list(pending)):
+                    i = pending.pop(fut)
+                    results[i] = r = fut.result()
+                    progress(len(results), total, f"{'skipped' if r.skipped else r.status}: {basename(r.input)}")
                 raise JobCancelled(f"cancelled after {len(results)} of {total} inputs")
     ordered = [results[i] for i in range(total)]
     storage.write_text(report_uri, "".join(r.as_json() + "\n" for r in ordered), "application/x-ndjson")
