@@ -102,11 +102,12 @@ def worker_rank() -> int:
 def cmd_worker(args) -> int:
     from vidtune.platform.jobs import TERMINAL, execute
     from vidtune.platform.server import setup_logging
+    from vidtune.platform.access import service_policy
     from vidtune.platform.storage import Storage
     from vidtune.registry import module
 
     setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
-    storage = Storage()
+    storage = Storage(policy=service_policy())
     store = _worker_store(storage, args.service)
     try:
         record = store.load(args.job_id)

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from .errors import InvalidArgument, VidtuneError
 from .jobs import JobManager
 from .settings import jobs_root
+from .access import service_policy
 from .storage import Storage
 
 log = logging.getLogger("vidtune.server")
@@ -261,7 +262,7 @@ def job_service(name: str, handlers: dict, servicer_class: type, add_servicer: C
     from .launchers import service_launchers, start_reconciler
 
     launchers = service_launchers(name, placement) if placement else {}
-    manager = JobManager(name, storage or Storage(), jobs_root(), handlers, workers=job_workers, launchers=launchers)
+    manager = JobManager(name, storage or Storage(policy=service_policy()), jobs_root(), handlers, workers=job_workers, launchers=launchers)
     return ServiceDefinition(name=name, servicers=[(add_servicer, servicer_class(manager))],
                              proto_services=[proto_service.full_name], manager=manager,
                              extra_stop=start_reconciler(manager.store, launchers))

@@ -5,6 +5,7 @@ from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobManager
 from vidtune.platform.launchers import choose_backend
 from vidtune.platform.server import ServiceDefinition, job_service, record_to_proto, rpc
+from vidtune.models.loading import weight_locations
 from vidtune.platform.storage import Storage, require_object_uris
 from vidtune.v1 import train_pb2, train_pb2_grpc
 
@@ -30,7 +31,8 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         if errors:
             raise InvalidArgument("; ".join(errors))
         require_object_uris([spec["dataset"], spec["output"]], "dataset/output")
-        config_of(spec)  # a bad config fails here, not in the job
+        cfg = config_of(spec)  # a bad config fails here, not in the job
+        require_object_uris(weight_locations(cfg.weights), "config weights")
         backend = choose_backend(request.backend, self.manager.launchers)
         return record_to_proto(self.manager.submit("train.run", spec, backend=backend))
 
