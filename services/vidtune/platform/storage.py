@@ -145,14 +145,14 @@ class Storage:
         return self.policy.check(uri, what, purpose) if self.policy is not None else str(uri)
 
     def _split(self, uri: str, purpose: str = READ) -> tuple[str, str]:
-        self.check(uri, "uri", purpose)
+        self.check(uri, f"{purpose} of", purpose)
         return split_uri(uri, self.config.allowed_prefix)
 
     def _local(self, uri: str, purpose: str = READ) -> bool:
         """True for a local path this storage may use; s3:// URIs are checked when split."""
         if is_s3(uri):
             return False
-        self.check(uri, "uri", purpose)
+        self.check(uri, f"{purpose} of", purpose)
         return True
 
     def ensure_bucket(self, uri_or_bucket: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
+from vidtune.platform.limits import limits
 from vidtune.platform.storage import join
 
 from . import pipeline
@@ -30,6 +31,8 @@ def spec_errors(kind: str, spec: dict) -> list[str]:
         errors.append("val_ratio: must be in [0, 1)")
     if kind == "quality.subset" and int(spec.get("size") or 0) < 0:
         errors.append("size: must be positive")
+    if int(spec.get("workers") or 0) > limits().max_workers:
+        errors.append(f"workers={spec['workers']} exceeds the limit {limits().max_workers} (VIDTUNE_MAX_WORKERS)")
     return errors
 
 

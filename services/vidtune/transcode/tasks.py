@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
+from vidtune.platform.limits import limits
 from vidtune.platform.storage import join
 
 from .batch import run_batch
@@ -15,6 +16,10 @@ def batch_spec_errors(spec: dict) -> list[str]:
         errors.append("inputs: give at least one input URI or prefix")
     if not spec.get("output"):
         errors.append("output: give an output URI or directory")
+    try:
+        limits().check("max_workers", int(spec.get("workers") or 0), "workers")
+    except InvalidArgument as e:
+        errors.append(str(e))
     return errors
 
 
