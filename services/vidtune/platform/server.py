@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tls
 from .errors import InvalidArgument, VidtuneError
 from .jobs import JobManager
 from .settings import jobs_root
@@ -289,7 +290,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server)
         self.service_names = names
-        self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        self.port = tls.add_port(self.grpc_server, f"{host}:{port}")  # TLS when VIDTUNE_TLS_* name a cert
         if self.port == 0:
             raise OSError(f"cannot bind {host}:{port}")
         self._stopped = threading.Event()   # stop() has begun
