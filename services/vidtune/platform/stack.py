@@ -36,11 +36,13 @@ def _port_free(port: int) -> bool:
 
 
 def check_health(endpoint: str, service: str = "", timeout: float = 2.0) -> str:
-    """The grpc.health.v1 status name of `service` at `endpoint` (SERVING, NOT_SERVING, ...)."""
-    import grpc
+    """The grpc.health.v1 status name of `service` at `endpoint` (SERVING, NOT_SERVING, ...); over TLS
+    verified against VIDTUNE_TLS_CA_FILE when it is set."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint) as ch:
+    from .tls import client_channel
+
+    with client_channel(endpoint, ca_file=os.environ.get("VIDTUNE_TLS_CA_FILE") or None) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
