@@ -63,16 +63,17 @@ def wait_serving(endpoint: str, timeout: float, proc: subprocess.Popen | None = 
     raise Unavailable(f"{name or endpoint} did not report SERVING within {timeout:.0f} s")
 
 
-def service_env(s3_env: dict, token: str, home: Path) -> dict:
+def service_env(s3_env: dict, token: str, home: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(s3_env)
     env.update({"VIDTUNE_TOKEN": token, "VIDTUNE_ALLOW_LOCAL_PATHS": "1", "VIDTUNE_HOME": str(home),
                 "NO_PROXY": "127.0.0.1,localhost"})
+    env.update(extra or {})  # e.g. the data-access policy of a cluster: VIDTUNE_ALLOW_LOCAL_PATHS=0
     return env
 
 
 def up(home: Path | None = None, services: list[str] | None = None, base_port: int | None = None,
-       timeout: float = 90.0) -> dict:
+       timeout: float = 90.0, extra_env: dict | None = None) -> dict:
     from vidtune.registry import available
 
     state_path = stack_state_path() if home is None else home / "stack.json"
@@ -96,7 +97,7 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
     state = {"pids": {"objectstore": weed.pid}, "ports": {}, "token": creds["token"], "s3": info.env(),
              "logs": {"objectstore": str(home / "weed.log")}, "started": time.time()}
     _write_state(state_path, state)
-    env = service_env(info.env(), creds["token"], home)
+    env = service_env(info.env(), creds["token"], home, extra_env)
     procs = {}
     try:
         for i, svc in enumerate(services or available("service")):
