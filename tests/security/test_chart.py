@@ -125,3 +125,23 @@ def test_images_are_pulled_by_digest_when_pinned():
     assert all("@sha256:" in i for i in images), images
     with pytest.raises(helm_python.HelmError, match="requireDigests: image .* has no digest"):
         render({"requireDigests": True})
+
+
+def test_images_install_python_dependencies_from_the_lock():
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    lock = (root / "docker" / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+)$", lock, re.M))
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dep).group()).lower()
+        if name not in ("torch", "torchvision"):
+            assert name in pins, f"{name} is not pinned in docker/requirements.lock"
+    assert len(pins) > 50 and "torch" not in pins  # torch comes from its own index, pinned by constraints.txt
+    for name in ("cpu", "cuda"):
+        dockerfile = (root / "docker" / f"{name}.Dockerfile").read_text()
+        assert "COPY docker/requirements.lock ./docker/" in dockerfile
+        assert "ENV PIP_CONSTRAINT=/src/docker/requirements.lock" in dockerfile
+        assert "!docker/requirements.lock" in (root / "docker" / f"{name}.Dockerfile.dockerignore").read_text()
