@@ -162,6 +162,9 @@ def run(base_port: int, skip_train: bool) -> int:
                     transcode_pb2.TranscodeRequest(inputs=[ctx["good"]], output="s3://attacker-bucket/out"))
         a.at_submit("workers = 2^31-1", "transcode", "SubmitTranscode",
                     transcode_pb2.TranscodeRequest(inputs=[ctx["good"]], output=f"{WORK}/t5", workers=2**31 - 1))
+        a.at_submit("a 5 MB request", "transcode", "SubmitTranscode",
+                    transcode_pb2.TranscodeRequest(inputs=[f"{WORK}/{'x' * 1000}{i}.mp4" for i in range(5000)],
+                                                   output=f"{WORK}/t0"))
         a.at_submit("quality ingest of a local listing", "quality", "SubmitIngest",
                     quality_pb2.IngestRequest(source=str(canary / "secret.txt")))
 

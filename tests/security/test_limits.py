@@ -107,3 +107,8 @@ def test_services_refuse_oversized_requests_at_submit(serve, storage, bucket, jo
         with grpc.insecure_channel(address) as ch, pytest.raises(grpc.RpcError) as e:
             call(ch)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details()
+    # Request size: gRPC's own receive limit (4 MiB) answers before any vidtune code runs.
+    with grpc.insecure_channel(tc) as ch, pytest.raises(grpc.RpcError) as e:
+        transcode_pb2_grpc.TranscodeServiceStub(ch).SubmitTranscode(transcode_pb2.TranscodeRequest(
+            inputs=[f"{bucket}/in/{'x' * 1000}-{i}.mp4" for i in range(5000)], output=f"{bucket}/out"), metadata=AUTH)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in e.value.details()
