@@ -44,7 +44,8 @@ except MemoryError:
     print("MemoryError")
 except Exception as e:
     print(type(e).__name__, e)
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# The peak resident size of this process image (VmHWM; ru_maxrss would carry the parent's over exec).
+print("maxrss_kib", next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 """
 
 
