@@ -113,3 +113,35 @@ def test_services_refuse_oversized_requests_at_submit(serve, storage, bucket, jo
         transcode_pb2_grpc.TranscodeServiceStub(ch).SubmitTranscode(transcode_pb2.TranscodeRequest(
             inputs=[f"{bucket}/in/{'x' * 1000}-{i}.mp4" for i in range(5000)], output=f"{bucket}/out"), metadata=AUTH)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in e.value.details()
+
+
+def test_concurrent_jobs_are_capped_per_service_and_per_backend(serve, storage, bucket, jobs_root, monkeypatch,
+                                                                tmp_path):
+    from vidtune.platform.limits import ResourceExhausted
+    from vidtune.transcode.service import definition
+    from vidtune.v1 import jobs_pb2, jobs_pb2_grpc, transcode_pb2, transcode_pb2_grpc
+
+    busy = [{"backend": "local"}, {"backend": "local"}]
+    with pytest.raises(ResourceExhausted, match=r"2 train jobs on the local backend .* limit is 2 .VIDTUNE_MAX_LOCAL_JOBS"):
+        Limits().admit(busy, "local", "train")
+    Limits().admit(busy, "inprocess", "train")  # the other backends still have room
+
+    import numpy as np
+
+    from vidtune.evaluate.videoio import write_mp4
+
+    frames = np.random.default_rng(0).integers(0, 255, (48, 256, 256, 3), dtype=np.uint8)
+    storage.upload(write_mp4(frames, tmp_path / "a.mp4"), f"{bucket}/in/a.mp4")  # a job that takes a while
+    monkeypatch.setenv("VIDTUNE_MAX_ACTIVE_JOBS", "1")
+    _, address = serve(definition(storage))
+    request = transcode_pb2.TranscodeRequest(inputs=[f"{bucket}/in/a.mp4"], output=f"{bucket}/out")
+    with grpc.insecure_channel(address) as ch:
+        stub, jobs = transcode_pb2_grpc.TranscodeServiceStub(ch), jobs_pb2_grpc.JobServiceStub(ch)
+        first = stub.SubmitTranscode(request, metadata=AUTH)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.SubmitTranscode(request, metadata=AUTH)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "VIDTUNE_MAX_ACTIVE_JOBS" in e.value.details()
+        for job in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=first.id), metadata=AUTH, timeout=60):
+            pass
+        assert job.state in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED)
+        stub.SubmitTranscode(request, metadata=AUTH)  # the finished job freed its slot

@@ -45,6 +45,7 @@ import grpc
 
 from .errors import (Conflict, FailedPrecondition, InvalidArgument, JobCancelled, JobInterrupted, NotFound,
                      Unavailable, status_code_name)
+from .limits import limits
 from .storage import Storage, join
 
 log = logging.getLogger("vidtune.jobs")
@@ -694,6 +695,9 @@ class JobManager:
         problems = spec_problems(spec, self.store.root)
         if problems:
             raise InvalidArgument("; ".join(problems))
+        if not self.index.filled.is_set():
+            self.index.refresh()
+        limits().admit(self.index.unfinished(), backend, self.service)
         rec = new_record(self.service, kind, spec, backend, labels)
         self.store.create(rec)  # before launching: the launched worker loads it
         self.index.put(rec)

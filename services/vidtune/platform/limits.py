@@ -1,7 +1,8 @@
 """Caps on everything a request can make large, from the service's settings, with safe defaults.
 
-A request over a cap is refused before any work starts with INVALID_ARGUMENT; the message names the limit
-and the setting that raises it.
+A request over a cap is refused before any work starts: INVALID_ARGUMENT for a value that can never be
+served (a size, a worker count), RESOURCE_EXHAUSTED for capacity that is busy now (concurrent jobs). Every
+message names the limit and the setting that raises it.
 
   VIDTUNE_MAX_WORKERS        parallel items of one job (ffmpeg processes, decoders)          default 8
   VIDTUNE_MAX_PIXELS         decoded pixels of one image or video frame (read from the header
@@ -10,13 +11,21 @@ and the setting that raises it.
   VIDTUNE_MAX_GEN_FRAMES     frames of a generated video                                     default 121
   VIDTUNE_MAX_GEN_STEPS      denoising steps                                                 default 100
   VIDTUNE_MAX_GEN_SEEDS      seeds (samples per prompt and checkpoint)                       default 16
+  VIDTUNE_MAX_ACTIVE_JOBS    queued + running jobs of one service                            default 32
+  VIDTUNE_MAX_LOCAL_JOBS     of those, on the `local` backend (one process each)             default 2
+  VIDTUNE_MAX_KUBERNETES_JOBS  of those, on the `kubernetes` backend (one Job each)          default 16
+Requests larger than 4 MiB are refused by gRPC itself (RESOURCE_EXHAUSTED) before any of this runs.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, VidtuneError
+
+
+class ResourceExhausted(VidtuneError):
+    code = "RESOURCE_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,9 @@ class Limits:
     max_gen_frames: int = 121
     max_gen_steps: int = 100
     max_gen_seeds: int = 16
+    max_active_jobs: int = 32
+    max_local_jobs: int = 2
+    max_kubernetes_jobs: int = 16
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Limits":
@@ -61,6 +73,17 @@ class Limits:
         self.check("max_gen_frames", frames, "num_frames")
         self.check("max_gen_steps", steps, "steps")
         self.check("max_gen_seeds", seeds, "number of seeds")
+
+    def admit(self, unfinished: list[dict], backend: str, service: str) -> None:
+        """RESOURCE_EXHAUSTED when `service` already has as many unfinished jobs as its cap allows, in all
+        or on `backend`."""
+        on_backend = sum(r.get("backend", "inprocess") == backend for r in unfinished)
+        for name, active, what in (("max_active_jobs", len(unfinished), f"{service} jobs"),
+                                   (f"max_{backend}_jobs", on_backend, f"{service} jobs on the {backend} backend")):
+            cap = getattr(self, name, None)
+            if cap is not None and active >= cap:
+                raise ResourceExhausted(f"{active} {what} are queued or running, the limit is {cap} "
+                                        f"({env_name(name)}); submit again when one has finished")
 
 
 def env_name(field_name: str) -> str:
