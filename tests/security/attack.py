@@ -103,24 +103,28 @@ class Attacker:
         n += sum(self.admin.read_bytes(u).count(SECRET) for u in self.admin.list(prefix.rstrip("/") + "/"))
         return n * len(SECRET)
 
-    def at_submit(self, attempt: str, service: str, rpc: str, request) -> None:
-        """An attempt that must be refused before a job exists."""
+    def run_job(self, service: str, rpc: str, request) -> tuple[dict | None, grpc.RpcError | None]:
+        """The finished job a submit started, or the error that refused the submit."""
         try:
             job = self.submit(service, rpc, request)
         except grpc.RpcError as e:
-            self.rows.append((attempt, f"yes: {e.code().name} {_short(e.details())}", 0))
-            return
-        done = self.finish(service, job.id)
-        self.rows.append((attempt, f"NO: job {done['state']}", self.leaked(WORK, json.dumps(done))))
+            return None, e
+        return self.finish(service, job.id), None
+
+    def at_submit(self, attempt: str, service: str, rpc: str, request) -> None:
+        """An attempt that must be refused before a job exists."""
+        done, error = self.run_job(service, rpc, request)
+        if error is not None:
+            self.rows.append((attempt, f"yes: {error.code().name} {_short(error.details())}", 0))
+        else:
+            self.rows.append((attempt, f"NO: job {done['state']}", self.leaked(WORK, json.dumps(done))))
 
     def per_item(self, attempt: str, service: str, rpc: str, request, refused_items, out: str) -> None:
         """An attempt whose bad items sit inside a file the job reads: each must be refused, the rest go on."""
-        try:
-            job = self.submit(service, rpc, request)
-        except grpc.RpcError as e:
-            self.rows.append((attempt, f"NO (submit failed: {e.code().name} {e.details()[:60]})", 0))
+        done, error = self.run_job(service, rpc, request)
+        if error is not None:
+            self.rows.append((attempt, f"NO (submit failed: {error.code().name} {error.details()[:60]})", 0))
             return
-        done = self.finish(service, job.id)
         refused, total = refused_items(done)
         ok = refused == total and total > 0
         how = f"{refused}/{total} items refused, job {done['state']}"

@@ -2,7 +2,6 @@
 time this process (or a child it starts) touches them."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 

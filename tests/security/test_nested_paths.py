@@ -4,7 +4,6 @@ reason, while the rest of the batch goes on."""
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 import numpy as np
@@ -20,14 +19,11 @@ LOCAL_OFF = "local paths are off"
 
 
 def _finish(channel, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
-    jobs = jobs_pb2_grpc.JobServiceStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=AUTH)
-        if job.state in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish")
+    """The job's record once it has ended (the watch stream's last message)."""
+    *_, last = jobs_pb2_grpc.JobServiceStub(channel).WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=AUTH,
+                                                              timeout=timeout)
+    assert last.state in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED), last
+    return last
 
 
 def _clip(storage, uri: str, seed: int = 0) -> str:
