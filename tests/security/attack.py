@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -232,6 +233,7 @@ def run(base_port: int, skip_train: bool) -> int:
             a.rows.append(("token in clear to a remote host", f"yes: client refuses ({_short(str(e))[:60]})", 0))
     finally:
         stack.down(home)
+        shutil.rmtree(home, ignore_errors=True)
     return print_table(a.rows)
 
 
