@@ -141,18 +141,24 @@ def test_gpu_profile_moves_transcode_to_nvenc_and_enables_scheduling_extras():
 
 def test_probes_ask_grpc_health_over_tls(rendered):
     """TLS is on by default; Kubernetes' native gRPC probes speak only plaintext, so readiness runs vidtune's
-    own health check over TLS and startup/liveness check the port."""
+    own health check over TLS, liveness too, and startup checks the port."""
     services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(rendered, "Service")}
     for name, port in SERVICES.items():
         container = deployment(rendered, name)["spec"]["template"]["spec"]["containers"][0]
         assert container["args"][:2] == ["serve", name] and container["args"][3] == str(port)
         assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
-        assert container["startupProbe"]["tcpSocket"]["port"] == container["livenessProbe"]["tcpSocket"]["port"] == port
+        assert container["startupProbe"]["tcpSocket"]["port"] == port
         assert container["readinessProbe"]["exec"]["command"] == [
             "python", "-m", "vidtune.platform.tls", str(port), f"vidtune.v1.{name.capitalize()}Service"]
+        # Liveness must not follow the object store (an outage would restart every pod); readiness does.
+        assert container["livenessProbe"]["exec"]["command"][-1] == "vidtune.v1.Liveness"
         env = container_env(container)
         assert env["VIDTUNE_TLS_CERT_FILE"].endswith("/tls.crt") and env["VIDTUNE_TLS_KEY_FILE"].endswith("/tls.key")
         assert env["VIDTUNE_TLS_SERVER_NAME"] == f"vidtune-{name}.{NAMESPACE}.svc"
+        grace = deployment(rendered, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert 0 < float(env["VIDTUNE_STOP_GRACE"]) < grace, "the drain must end before the pod is killed"
+        strategy = deployment(rendered, name)["spec"]["strategy"]
+        assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxUnavailable"] == 0
         (svc_port,) = services[name]["spec"]["ports"]
         assert svc_port["port"] == port and svc_port["appProtocol"] == "grpc"
 
@@ -166,6 +172,8 @@ def test_probes_use_native_grpc_health_without_tls():
             assert container[probe]["grpc"]["port"] == port, (name, probe)
         assert container["readinessProbe"]["grpc"]["service"] == f"vidtune.v1.{name.capitalize()}Service"
         assert "VIDTUNE_TLS_CERT_FILE" not in container_env(container)
+        # Liveness must not follow the object store (an outage would restart every pod); readiness does.
+        assert container["livenessProbe"]["grpc"]["service"] == "vidtune.v1.Liveness"
 
 
 # --- security ------------------------------------------------------------------------------------------

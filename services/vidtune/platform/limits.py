@@ -60,6 +60,14 @@ class Limits:
             raise InvalidArgument(f"{what}={value} exceeds the limit {cap} ({env_name(name)})")
         return int(value)
 
+    def spec_problems(self, spec: dict) -> list[str]:
+        """Caps every job kind's spec is held to: the parallel items of one job (`workers`)."""
+        try:
+            self.check("max_workers", int(spec.get("workers") or 0), "workers")
+        except (InvalidArgument, TypeError, ValueError) as e:
+            return [str(e) if isinstance(e, InvalidArgument) else f"workers={spec.get('workers')!r}: not a number"]
+        return []
+
     def check_pixels(self, width: int, height: int, what: str) -> None:
         if int(width) * int(height) > self.max_pixels:
             raise InvalidArgument(f"{what}: {width}x{height} = {int(width) * int(height)} pixels exceeds the limit "

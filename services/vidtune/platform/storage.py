@@ -271,20 +271,7 @@ class Storage:
             if not p.exists():
                 raise NotFound(f"{uri} does not exist")
             return p.read_bytes()
-        from minio.error import S3Error
-
-        bucket, key = self._split(uri)
-        try:
-            resp = self.client.get_object(bucket, key)
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchBucket"):
-                raise NotFound(f"{uri} does not exist") from None
-            raise
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        return self.read_versioned(uri)[0]
 
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
