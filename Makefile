@@ -7,7 +7,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 PROTOS := $(wildcard protos/vidtune/v1/*.proto)
 STUBS := $(patsubst protos/%.proto,services/%_pb2.py,$(PROTOS))
 
-.PHONY: install system-deps protos demo test bench chaos up down images clean
+.PHONY: install system-deps protos demo test bench chaos attack up down images clean
 
 install: $(VENV)/.installed protos
 
@@ -44,6 +44,11 @@ bench: install
 # The job runtime against real replicas, a real store and ffmpeg: one table, non-zero exit if anything broke.
 chaos: install
 	$(PY) -m bench.chaos
+
+# An attacker with a valid token against a private local stack configured as on a cluster (local paths off):
+# one row per attempt, refused or not, bytes of planted secrets leaked. Ports from ATTACK_BASE_PORT (52300).
+attack: install
+	PYTHONPATH=services $(PY) tests/security/attack.py --base-port $${ATTACK_BASE_PORT:-52300}
 
 up: install
 	$(VENV)/bin/vidtune up

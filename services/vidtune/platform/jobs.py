@@ -45,6 +45,7 @@ import grpc
 
 from .errors import (Conflict, FailedPrecondition, InvalidArgument, JobCancelled, JobInterrupted, NotFound,
                      Unavailable, status_code_name)
+from .limits import limits
 from .storage import Storage, join
 
 log = logging.getLogger("vidtune.jobs")
@@ -699,6 +700,10 @@ class JobManager:
         problems = spec_problems(spec, self.store.root)
         if problems:
             raise InvalidArgument("; ".join(problems))
+        if not self.index.filled.is_set():
+            with self.storage.patience(5.0):
+                self.index.refresh()
+        limits().admit(self.index.unfinished(), backend, self.service)  # RESOURCE_EXHAUSTED when full
         rec = new_record(self.service, kind, spec, backend, labels)
         with self.storage.patience(5.0):  # a caller is waiting: UNAVAILABLE soon rather than a hung call
             self.store.create(rec)  # before launching: the launched worker loads it

@@ -24,6 +24,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tls
+from .access import service_policy
 from .errors import InvalidArgument, VidtuneError
 from .jobs import TERMINAL, JobManager, snapshot_key
 from .settings import jobs_root
@@ -397,7 +399,7 @@ def job_service(name: str, kinds: list, servicer_base: type, add_servicer: Calla
     from .launchers import service_launchers, start_reconciler
 
     launchers = service_launchers(name, placement_of(kinds)) if any(k.placement for k in kinds) else {}
-    manager = JobManager(name, storage or Storage(), jobs_root(), handlers(kinds), workers=job_workers,
+    manager = JobManager(name, storage or Storage(policy=service_policy()), jobs_root(), handlers(kinds), workers=job_workers,
                          launchers=launchers)
     return ServiceDefinition(name=name, servicers=[(add_servicer, submit_servicer(servicer_base, kinds)(manager))],
                              proto_services=[proto_service.full_name], manager=manager,
@@ -459,7 +461,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server)
         self.service_names = names
-        self.port = self.grpc_server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        self.port = tls.add_port(self.grpc_server, f"{self.host}:{self.requested_port}")  # TLS when VIDTUNE_TLS_* name a cert
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         await self.grpc_server.start()

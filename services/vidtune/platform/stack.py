@@ -36,11 +36,13 @@ def _port_free(port: int) -> bool:
 
 
 def check_health(endpoint: str, service: str = "", timeout: float = 2.0) -> str:
-    """The grpc.health.v1 status name of `service` at `endpoint` (SERVING, NOT_SERVING, ...)."""
-    import grpc
+    """The grpc.health.v1 status name of `service` at `endpoint` (SERVING, NOT_SERVING, ...); over TLS
+    verified against VIDTUNE_TLS_CA_FILE when it is set."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint) as ch:
+    from .tls import client_channel
+
+    with client_channel(endpoint, ca_file=os.environ.get("VIDTUNE_TLS_CA_FILE") or None) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
@@ -61,16 +63,17 @@ def wait_serving(endpoint: str, timeout: float, proc: subprocess.Popen | None = 
     raise Unavailable(f"{name or endpoint} did not report SERVING within {timeout:.0f} s")
 
 
-def service_env(s3_env: dict, token: str, home: Path) -> dict:
+def service_env(s3_env: dict, token: str, home: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(s3_env)
     env.update({"VIDTUNE_TOKEN": token, "VIDTUNE_ALLOW_LOCAL_PATHS": "1", "VIDTUNE_HOME": str(home),
                 "NO_PROXY": "127.0.0.1,localhost"})
+    env.update(extra or {})  # e.g. the data-access policy of a cluster: VIDTUNE_ALLOW_LOCAL_PATHS=0
     return env
 
 
 def up(home: Path | None = None, services: list[str] | None = None, base_port: int | None = None,
-       timeout: float = 90.0) -> dict:
+       timeout: float = 90.0, extra_env: dict | None = None) -> dict:
     from vidtune.registry import available
 
     state_path = stack_state_path() if home is None else home / "stack.json"
@@ -94,7 +97,7 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
     state = {"pids": {"objectstore": weed.pid}, "ports": {}, "token": creds["token"], "s3": info.env(),
              "logs": {"objectstore": str(home / "weed.log")}, "started": time.time()}
     _write_state(state_path, state)
-    env = service_env(info.env(), creds["token"], home)
+    env = service_env(info.env(), creds["token"], home, extra_env)
     procs = {}
     try:
         for i, svc in enumerate(services or available("service")):
