@@ -386,7 +386,7 @@ def _score_batch(batch: list[tuple[str, str, str]], out: str, by_id: dict, score
     with ThreadPoolExecutor(WORKERS) as pool:
         decoded = list(pool.map(lambda b: _decode(b[0], storage), batch))
     good = [k for k, d in enumerate(decoded) if not isinstance(d, VidtuneError)]
-    results = dict(zip(good, scorer.batch_metrics([(decoded[k][0], recs[k]["prompt"]) for k in good])))
+    results = dict(zip(good, scorer.batch_metrics([(decoded[k][0], recs[k]["prompt"]) for k in good]))) if good else {}
     for k, ((uri, key, rec_uri), rec) in enumerate(zip(batch, recs)):
         if k not in results:
             rec["error"] = str(decoded[k])
