@@ -613,6 +613,10 @@ def _metric_per_checkpoint_figure(order, by_ck, fvd_by):
         ax.errorbar(x, vals, yerr=err, marker="o", capsize=3)
         ax.set_xticks(x, order, rotation=30, fontsize=8)
         ax.set_title(m, fontsize=10)
+        # From 0 (and to the top of bounded scales): an autoscaled axis turns a noise-sized gap into a cliff.
+        top = {"quality": 100.0, "clip_cosine": 1.0, "temporal_consistency": 1.0, "sharpness": 1.0,
+               "colour_diversity": 1.0}.get(m)
+        ax.set_ylim(bottom=min([0.0, *(v for v in vals if _finite(v))]), top=top)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
