@@ -4,7 +4,7 @@ Verdict rule (stated in every report): for a metric, the difference B - A is tak
 so both checkpoints start from the same noise and seed-to-seed variation largely cancels. Then
   - overall and per-category rows: the unit is the PROMPT (its mean difference over seeds), and the test is
     a two-sided sign-flip permutation test of the mean prompt difference (exact over all 2^P sign patterns
-    up to 16 prompts, 20,000 random patterns above). With fewer than MIN_PROMPTS prompts no pattern can reach
+    up to 16 prompts, 20,000 random patterns above). With fewer than 6 prompts no sign pattern can reach
     p <= 0.05 (the smallest possible p is 2 / 2^P), so the verdict is "too few prompts";
   - per-prompt rows: a one-sample t-test over that prompt's seed differences (2 or more seeds);
   - per-category and per-prompt rows of one metric and comparison are a family: their p-values are adjusted
