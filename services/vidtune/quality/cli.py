@@ -10,7 +10,6 @@ import json
 import sys
 
 from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
-from vidtune.platform.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
