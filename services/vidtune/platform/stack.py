@@ -70,7 +70,7 @@ def service_env(s3_env: dict, token: str, home: Path) -> dict:
 
 
 def up(home: Path | None = None, services: list[str] | None = None, base_port: int | None = None,
-       timeout: float = 90.0) -> dict:
+       timeout: float = 90.0, console: bool = True) -> dict:
     from vidtune.registry import available
 
     state_path = stack_state_path() if home is None else home / "stack.json"
@@ -110,10 +110,41 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
             _write_state(state_path, state)
         for svc, proc in procs.items():
             wait_serving(f"127.0.0.1:{state['ports'][svc]}", timeout, proc, svc)
+        if console:
+            _start_console(state, env, home, (base_port + len(procs)) if base_port else CONSOLE_PORT, timeout)
+            _write_state(state_path, state)
     except Exception:
         down(state_path.parent)
         raise
     return state
+
+
+CONSOLE_PORT = 8080
+
+
+def _start_console(state: dict, env: dict, home: Path, port: int, timeout: float) -> None:
+    """The web console beside the services (`vidtune console`), pointed at their loopback ports."""
+    import urllib.request
+
+    if not _port_free(port):
+        raise FailedPrecondition(f"port {port} for the console is taken; pass --base-port")
+    env = dict(env, **{f"VIDTUNE_{svc.upper()}_ENDPOINT": f"127.0.0.1:{p}" for svc, p in state["ports"].items()})
+    log = home / "console.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "vidtune.console", "--port", str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    state["pids"]["console"], state["logs"]["console"] = proc.pid, str(log)
+    state["console"] = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"the console did not start on port {port}; see {log}") from None
+            time.sleep(0.2)
 
 
 def down(home: Path | None = None) -> list[str]:
