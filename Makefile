@@ -46,8 +46,9 @@ bench: install
 
 up: install
 	$(VENV)/bin/vidtune up
-down:
+down:   # the developer's stack and the one `make demo` leaves serving the console
 	$(VENV)/bin/vidtune down
+	VIDTUNE_HOME=$(CURDIR)/demo-out/stack $(VENV)/bin/vidtune down
 
 images:
 	bash docker/build.sh

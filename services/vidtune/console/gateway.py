@@ -34,24 +34,19 @@ class SubmitMethod:
     request_cls: type
 
     def fields(self) -> list[dict]:
-        """Form fields: name, kind (text | block | lines | int | float | bool | map)."""
+        """Form fields: name, kind (text | block | lines | int | float | bool | map), item (a list's values)."""
         out = []
         for f in self.request_cls.DESCRIPTOR.fields:
+            item = _scalar_kind(f)
             if f.message_type is not None and f.message_type.GetOptions().map_entry:
                 kind = "map"
             elif _is_repeated(f):
                 kind = "lines"
-            elif f.type == FieldDescriptor.TYPE_BOOL:
-                kind = "bool"
-            elif f.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
-                kind = "int"
-            elif f.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-                kind = "float"
             elif f.name.endswith("_yaml"):
                 kind = "block"     # a YAML document: several lines, kept as typed
             else:
-                kind = "text"
-            out.append({"name": f.name, "kind": kind})
+                kind = item
+            out.append({"name": f.name, "kind": kind, "item": item})
         return out
 
     def request(self, form: dict[str, str]):
@@ -66,21 +61,35 @@ class SubmitMethod:
             elif not raw:
                 continue
             elif kind == "lines":
-                getattr(msg, name).extend(x.strip() for x in raw.replace(",", "\n").splitlines() if x.strip())
+                values = [x.strip() for x in raw.replace(",", "\n").splitlines() if x.strip()]
+                getattr(msg, name).extend(_parse(name, field["item"], v) for v in values)
             elif kind == "map":
                 target = getattr(msg, name)
                 for line in raw.splitlines():
                     key, sep, value = line.partition("=")
                     if not sep:
                         raise ValueError(f"{name}: '{line}' is not key=value")
-                    target[key.strip()] = float(value)
+                    target[key.strip()] = _parse(name, "float", value.strip())
             else:
-                try:
-                    setattr(msg, name, int(raw) if kind == "int" else float(raw) if kind == "float" else raw)
-                except ValueError:
-                    raise ValueError(f"{name}: {raw!r} is not a{'n integer' if kind == 'int' else ' number'}") \
-                        from None
+                setattr(msg, name, _parse(name, kind, raw))
         return msg
+
+
+def _scalar_kind(f) -> str:
+    if f.type == FieldDescriptor.TYPE_BOOL:
+        return "bool"
+    if f.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
+        return "int"
+    if f.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return "float"
+    return "text"
+
+
+def _parse(name: str, kind: str, raw: str):
+    try:
+        return int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a{'n integer' if kind == 'int' else ' number'}") from None
 
 
 def _is_repeated(f) -> bool:

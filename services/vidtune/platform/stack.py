@@ -70,7 +70,9 @@ def service_env(s3_env: dict, token: str, home: Path) -> dict:
 
 
 def up(home: Path | None = None, services: list[str] | None = None, base_port: int | None = None,
-       timeout: float = 90.0, console: bool = True) -> dict:
+       timeout: float = 90.0, console: bool | None = None) -> dict:
+    """Start the object store and the services (all, or `services`), and the web console beside them
+    (by default only with the full set: a subset is usually a test or a single-stage session)."""
     from vidtune.registry import available
 
     state_path = stack_state_path() if home is None else home / "stack.json"
@@ -110,7 +112,7 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
             _write_state(state_path, state)
         for svc, proc in procs.items():
             wait_serving(f"127.0.0.1:{state['ports'][svc]}", timeout, proc, svc)
-        if console:
+        if (services is None) if console is None else console:
             _start_console(state, env, home, (base_port + len(procs)) if base_port else CONSOLE_PORT, timeout)
             _write_state(state_path, state)
     except Exception:
