@@ -3,6 +3,7 @@ framework. Parquet manifests are read a page at a time (only the columns a page 
 rejected table costs one cached download and a few column reads, never all rows in HTML."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -67,17 +68,12 @@ def rejected_page(path: Path, rule: str = "", text: str = "", offset: int = 0, l
     names = pf.schema_arrow.names
     if "reasons" not in names:
         raise NotFound(f"{path.name} has no `reasons` column: not a rejected table")
-    reasons = pf.read(columns=["reasons"]).column("reasons").combine_chunks()
-    flat = pc.list_flatten(reasons)
-    parents = pc.list_parent_indices(reasons)
-    rules = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(flat, ":", max_splits=1), 0))
-    counts = {d["values"]: d["counts"] for d in pc.value_counts(rules).to_pylist()}
-    mask = pa.array([True] * len(flat), pa.bool_()) if len(flat) else pa.array([], pa.bool_())
-    if rule:
-        mask = pc.and_(mask, pc.equal(rules, rule))
-    if text:
-        mask = pc.and_(mask, pc.match_substring(flat, text, ignore_case=True))
-    if rule or text:
+    st = path.stat()
+    flat, parents, rules, counts = _reason_index(str(path), st.st_mtime_ns, st.st_size)
+    conditions = ([pc.equal(rules, rule)] if rule else []) + \
+        ([pc.match_substring(flat, text, ignore_case=True)] if text else [])
+    if conditions:
+        mask = conditions[0] if len(conditions) == 1 else pc.and_(*conditions)
         rows = np.sort(pc.unique(pc.filter(parents, mask)).to_numpy())
     else:
         rows = None
@@ -90,6 +86,18 @@ def rejected_page(path: Path, rule: str = "", text: str = "", offset: int = 0, l
     items = _take_rows(pf, page_rows, cols)
     return {"total": total, "offset": offset, "limit": limit, "rows": items, "rule_counts": counts,
             "all_rows": pf.metadata.num_rows}
+
+
+@functools.lru_cache(maxsize=8)
+def _reason_index(path: str, mtime_ns: int, size: int):
+    """Every reason of a rejected table flattened, its row, its rule name, and the count per rule; keyed by the
+    file's mtime and size too, so an index never outlives its file."""
+    reasons = pq.read_table(path, columns=["reasons"]).column("reasons").combine_chunks()
+    flat = pc.list_flatten(reasons)
+    parents = pc.list_parent_indices(reasons)
+    rules = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(flat, ":", max_splits=1), 0))
+    counts = {d["values"]: d["counts"] for d in pc.value_counts(rules).to_pylist()}
+    return flat, parents, rules, counts
 
 
 def _take_rows(pf: pq.ParquetFile, rows: list[int], columns: list[str]) -> list[dict]:

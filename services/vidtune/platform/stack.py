@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .client import stack_state_path
 from .errors import FailedPrecondition, Unavailable
-from .objectstore import start_weed_mini, stop_process
+from .objectstore import free_ports, start_weed_mini, stop_process
 from .server import DEFAULT_PORTS
 
 
@@ -113,7 +113,9 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
         for svc, proc in procs.items():
             wait_serving(f"127.0.0.1:{state['ports'][svc]}", timeout, proc, svc)
         if (services is None) if console is None else console:
-            _start_console(state, env, home, (base_port + len(procs)) if base_port else CONSOLE_PORT, timeout)
+            port = (base_port + len(procs)) if base_port else CONSOLE_PORT if _port_free(CONSOLE_PORT) \
+                else free_ports(1)[0]
+            _start_console(state, env, home, port, timeout)
             _write_state(state_path, state)
     except Exception:
         down(state_path.parent)

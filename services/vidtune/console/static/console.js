@@ -39,7 +39,8 @@ const vt = (() => {
     const tr = document.createElement("tr");
     tr.id = "job-" + j.id; tr.dataset.id = j.id;
     const link = document.createElement("a"); link.href = `/jobs/${j.service}/${j.id}`; link.textContent = j.id;
-    const cells = ["", j.service, j.kind, "", "", "", "", ""];
+    const labels = Object.entries(j.labels || {}).map(([k, v]) => ` ${k}=${v}`).join("");
+    const cells = ["", j.service, j.kind + labels, "", "", "", "", ""];
     const classes = ["", "", "", "state", "progress", "eta", "message", "outputs"];
     cells.forEach((c, i) => { const td = document.createElement("td"); if (classes[i]) td.className = classes[i]; td.appendChild(text(c)); tr.appendChild(td); });
     tr.cells[0].textContent = ""; tr.cells[0].appendChild(link);
