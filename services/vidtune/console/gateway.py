@@ -54,7 +54,7 @@ class SubmitMethod:
         msg = self.request_cls()
         for field in self.fields():
             name, kind = field["name"], field["kind"]
-            raw = form.get(name) or ""
+            raw = (form.get(name) or "").replace("\r\n", "\n")  # browsers send textarea lines with CRLF
             raw = raw if kind == "block" else raw.strip()
             if kind == "bool":
                 setattr(msg, name, raw in ("on", "1", "true", "yes"))
