@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop what `vidtune up` started")
     down.set_defaults(func=cmd_down)
+    from vidtune.console.app import register as register_console
+
+    register_console(sub)
 
     store = sub.add_parser("store", help="list and copy objects (s3:// URIs or local paths), as the services see them")
     ssub = store.add_subparsers(dest="action", required=True)
@@ -266,6 +269,8 @@ def cmd_up(args) -> int:
     print(f"object store: {state['s3']['VIDTUNE_S3_ENDPOINT']}")
     for svc, port in state["ports"].items():
         print(f"{svc}: 127.0.0.1:{port}")
+    if state.get("console"):
+        print(f"console: {state['console']} (log in with the token in {stack.stack_state_path()})")
     print("stop with: vidtune down")
     return 0
 

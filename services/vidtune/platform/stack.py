@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .client import stack_state_path
 from .errors import FailedPrecondition, Unavailable
-from .objectstore import start_weed_mini, stop_process
+from .objectstore import free_ports, start_weed_mini, stop_process
 from .server import DEFAULT_PORTS
 
 
@@ -73,7 +73,9 @@ def service_env(s3_env: dict, token: str, home: Path, extra: dict | None = None)
 
 
 def up(home: Path | None = None, services: list[str] | None = None, base_port: int | None = None,
-       timeout: float = 90.0, extra_env: dict | None = None) -> dict:
+       timeout: float = 90.0, extra_env: dict | None = None, console: bool | None = None) -> dict:
+    """Start the object store and the services (all, or `services`), and the web console beside them
+    (by default only with the full set: a subset is usually a test or a single-stage session)."""
     from vidtune.registry import available
 
     state_path = stack_state_path() if home is None else home / "stack.json"
@@ -113,10 +115,43 @@ def up(home: Path | None = None, services: list[str] | None = None, base_port: i
             _write_state(state_path, state)
         for svc, proc in procs.items():
             wait_serving(f"127.0.0.1:{state['ports'][svc]}", timeout, proc, svc)
+        if (services is None) if console is None else console:
+            port = (base_port + len(procs)) if base_port else CONSOLE_PORT if _port_free(CONSOLE_PORT) \
+                else free_ports(1)[0]
+            _start_console(state, env, home, port, timeout)
+            _write_state(state_path, state)
     except Exception:
         down(state_path.parent)
         raise
     return state
+
+
+CONSOLE_PORT = 8080
+
+
+def _start_console(state: dict, env: dict, home: Path, port: int, timeout: float) -> None:
+    """The web console beside the services (`vidtune console`), pointed at their loopback ports."""
+    import urllib.request
+
+    if not _port_free(port):
+        raise FailedPrecondition(f"port {port} for the console is taken; pass --base-port")
+    env = dict(env, **{f"VIDTUNE_{svc.upper()}_ENDPOINT": f"127.0.0.1:{p}" for svc, p in state["ports"].items()})
+    log = home / "console.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "vidtune.console", "--port", str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    state["pids"]["console"], state["logs"]["console"] = proc.pid, str(log)
+    state["console"] = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"the console did not start on port {port}; see {log}") from None
+            time.sleep(0.2)
 
 
 def down(home: Path | None = None) -> list[str]:
