@@ -20,7 +20,8 @@ def test_console_deployment_service_and_ingress():
     objs = console_objects({"console": {"ingress": {"enabled": True, "host": "vidtune.example.org",
                                                     "className": "nginx"},
                                         "readOnlyToken": {"existingSecret": "vidtune-console-ro"}}})
-    assert set(objs) == {"Deployment", "Service", "Ingress", "NetworkPolicy"}
+    # The Secret is the console's own bucket-scoped S3 user (vidtune-s3-console), made like the services'.
+    assert set(objs) == {"Deployment", "Service", "Ingress", "NetworkPolicy", "Secret"}
     for obj in objs.values():
         assert not schema_errors(obj, "1.30.0"), obj["kind"]
     pod = objs["Deployment"]["spec"]["template"]["spec"]

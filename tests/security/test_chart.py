@@ -38,7 +38,7 @@ def test_no_deployment_receives_the_store_root_credentials(values):
         for spec in pod_specs(obj):
             holders[f"{obj['kind']}/{obj['metadata']['name']}"] = secret_names(spec)
     deployments = {k: v for k, v in holders.items() if k.startswith("Deployment/")}
-    assert len(deployments) == 4
+    assert len(deployments) == 5  # the four services and the console
     for name, secrets in deployments.items():
         component = name.split("-", 1)[1]
         assert ROOT_SECRET not in secrets, name
@@ -54,7 +54,7 @@ def test_bucket_hook_makes_a_scoped_user_per_service_and_services_never_create_b
     (hook,) = [o for _, o in objects if o["kind"] == "Job"]
     script = hook["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert "mc admin user add" in script and "mc admin policy attach vidtune vidtune-rw" in script
-    assert "for user in transcode quality train evaluate; do" in script
+    assert "for user in transcode quality train evaluate console; do" in script
     (policy_cm,) = [o for _, o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "vidtune-s3-policy"]
     policy = json.loads(policy_cm["data"]["policy.json"])
     actions = {a for st in policy["Statement"] for a in st["Action"]}

@@ -103,9 +103,11 @@ else the configured Secret (then a bucket-scoped user's, on an external store). 
 {{- end -}}
 {{- end -}}
 
-{{/* The bucket-scoped S3 users: one per service, plus objectStorage.extraUsers (other release components). */}}
+{{/* The bucket-scoped S3 users: one per service (and the console), plus objectStorage.extraUsers (other release components). */}}
 {{- define "vidtune.s3Users" -}}
-{{- concat (list "transcode" "quality" "train" "evaluate") .Values.objectStorage.extraUsers | uniq | toJson -}}
+{{- $base := list "transcode" "quality" "train" "evaluate" -}}
+{{- if .Values.console.enabled }}{{ $base = append $base "console" }}{{ end -}}
+{{- concat $base .Values.objectStorage.extraUsers | uniq | toJson -}}
 {{- end -}}
 
 {{- define "vidtune.serviceS3Keys" -}}
