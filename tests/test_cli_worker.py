@@ -16,7 +16,10 @@ class FakeTasks:
     """A tasks module whose one job kind notes which rank ran it and reports progress."""
 
     def __init__(self):
+        from vidtune.platform.kinds import JobKind
+
         self.runs: list[dict] = []
+        self.KINDS = [JobKind("evaluate.compare", self.handler, required=("scores",))]
         self.HANDLERS = {"evaluate.compare": self.handler}
 
     def handler(self, ctx):
@@ -44,7 +47,7 @@ def _worker(*args: str) -> int:
 def test_only_rank_zero_writes_the_record(storage, jobs_root, tasks, monkeypatch, capsys):
     store = JobStore(storage, jobs_root, "evaluate")
     rec = new_record("evaluate", "evaluate.compare", {"scores": ["s3://b/s"]}, backend="kubernetes")
-    store.save(rec)
+    store.create(rec)
 
     monkeypatch.setenv("RANK", "1")
     assert _worker("--job-id", rec["id"]) == 0
@@ -64,7 +67,7 @@ def test_a_rank_joining_a_running_job_still_runs_the_handler(storage, jobs_root,
     store = JobStore(storage, jobs_root, "evaluate")
     rec = new_record("evaluate", "evaluate.compare", {}, backend="kubernetes")
     transition(rec, RUNNING)  # rank 0 got there first
-    store.save(rec)
+    store.create(rec)
     monkeypatch.setenv("RANK", "3")
     assert _worker("--job-id", rec["id"]) == 0
     assert tasks.runs and store.load(rec["id"])["state"] == RUNNING
