@@ -237,6 +237,7 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 def validation_samples(cfg: TrainConfig, storage: Storage) -> list[Sample]:
     """The held-out samples, their ids marked so they never share a cache entry with a training clip."""
+    storage.check(cfg.validation_dataset, "validation_dataset")
     return [Sample(id=f"validation/{s.id}", uri=s.uri, prompt=s.prompt)
             for s in read_metadata(cfg.validation_dataset, storage)]
 

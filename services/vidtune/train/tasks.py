@@ -76,10 +76,15 @@ def request_spec(request) -> dict:
 
 
 def _weights_locations(spec: dict) -> dict[str, list[str]]:
-    """The weights a config names: a remote caller gets the same access policy for them as for `dataset`."""
+    """The weights and held-out dataset a config names: a remote caller gets the same access policy for
+    them as for `dataset`."""
     from vidtune.models.loading import weight_locations
 
-    return {"config weights": weight_locations(config_of(spec).weights)}
+    cfg = config_of(spec)
+    locations = {"config weights": weight_locations(cfg.weights)}
+    if cfg.validation_dataset:
+        locations["config validation_dataset"] = [cfg.validation_dataset]
+    return locations
 
 
 def _placement(record: dict) -> dict:
