@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for svc in available("cli"):
         module(svc, "cli").register(sub)
+    from vidtune.pipeline.cli import register as register_pipeline
+
+    register_pipeline(sub)
 
     serve = sub.add_parser("serve", help="run one service's gRPC server (SIGTERM stops it gracefully)")
     serve.add_argument("service", choices=available("service"))
@@ -179,8 +182,10 @@ def cmd_jobs(args) -> int:
                 resp = c.jobs().ListJobs(jobs_pb2.ListJobsRequest(kind=args.kind, state=state),
                                          metadata=c.metadata, timeout=c.timeout)
                 for j in resp.jobs:
+                    # A failed job's progress message is whatever it was doing; its error says why it ended.
+                    message = j.error.message if j.state == jobs_pb2.FAILED and j.error.message else j.progress.message
                     print(f"{j.id}\t{j.kind}\t{jobs_pb2.JobState.Name(j.state)}\t{j.progress.percent:5.1f}%\t"
-                          f"{j.progress.message}")
+                          f"{message}")
                 return 0
             if args.action == "watch":
                 job = watch(c, args.job_id)
@@ -193,6 +198,8 @@ def cmd_jobs(args) -> int:
             print(f"error: {rpc_error_text(e)}", file=sys.stderr)
             return 2
     print(json.dumps(job_dict(job), ensure_ascii=False, indent=2))
+    if args.action == "watch" and job.state != jobs_pb2.SUCCEEDED:
+        return 1  # a watched job that did not succeed fails the command that waited for it
     return 0
 
 
@@ -219,7 +226,7 @@ def cmd_down(args) -> int:
 def cmd_store(args) -> int:
     from pathlib import Path
 
-    from vidtune.platform.storage import Storage, basename, is_s3, join
+    from vidtune.platform.storage import Storage, basename, is_s3, join, normalise
 
     storage = Storage()
     if args.action == "ls":
@@ -229,12 +236,13 @@ def cmd_store(args) -> int:
     # A trailing "/" always means a prefix (some stores answer a stat of "dir/" as if it were an object).
     single = not args.source.endswith("/") and (
         Path(args.source).is_file() if not is_s3(args.source) else storage.exists(args.source))
-    sources = [args.source] if single else list(storage.list(args.source.rstrip("/") + "/"))
+    base = normalise(args.source).rstrip("/")  # the spelling listings use ("./a/" is listed as "a/...")
+    sources = [args.source] if single else list(storage.list(base + "/"))
     if not sources:
         raise NotFound(f"nothing at {args.source}")
     for src in sources:
         dst = (join(args.destination, basename(src)) if args.destination.endswith("/") else args.destination) \
-            if single else join(args.destination, src[len(args.source.rstrip("/")) + 1:])
+            if single else join(args.destination, src[len(base) + 1:])
         with storage.local_copy(src) as local:
             storage.upload(local, dst)
         print(f"{src} -> {dst}", file=sys.stderr)

@@ -94,9 +94,21 @@ def _compare_spec(args) -> dict:
             "no_contact_sheets": args.no_contact_sheets}
 
 
+_LOCATIONS = ("prompts", "output", "weights", "videos", "clip_weights", "i3d", "reference", "grades")
+
+
 def _submit(args, rpc_name: str, request_cls: str, spec: dict) -> int:
     from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
+    from vidtune.platform.storage import absolute
+
+    # The service may run in another directory: local paths are sent absolute.
+    spec = {k: absolute(v) if k in _LOCATIONS else v for k, v in spec.items()}
+    if "scores" in spec:
+        spec["scores"] = [absolute(v) for v in spec["scores"]]
+    if "checkpoints" in spec:  # 'base', a path, or label=path
+        spec["checkpoints"] = [c if c == "base" else "=".join([*c.split("=")[:-1], absolute(c.split("=")[-1])])
+                               for c in spec["checkpoints"]]
     request = getattr(evaluate_pb2, request_cls)(**spec, backend=args.backend)
     return submit_and_follow("evaluate", args, lambda cl: getattr(
         cl.stub(evaluate_pb2_grpc.EvaluateServiceStub), rpc_name)(request, metadata=cl.metadata, timeout=cl.timeout))

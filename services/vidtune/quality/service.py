@@ -10,7 +10,7 @@ from vidtune.v1 import quality_pb2, quality_pb2_grpc
 from .tasks import HANDLERS, spec_errors
 
 # Spec fields that name storage locations: a remote caller may only point them at the object store.
-_LOCATIONS = ("source", "store", "root", "mapping", "rules", "output", "report", "cache", "tokenizer")
+LOCATIONS = ("source", "store", "root", "mapping", "rules", "output", "report", "cache", "tokenizer", "transcoded")
 
 
 class QualityServicer(quality_pb2_grpc.QualityServiceServicer):
@@ -22,7 +22,7 @@ class QualityServicer(quality_pb2_grpc.QualityServiceServicer):
         errors = spec_errors(kind, spec)
         if errors:
             raise InvalidArgument("; ".join(errors))
-        for name in _LOCATIONS:
+        for name in LOCATIONS:
             if spec.get(name):
                 require_object_uris(spec[name], name)
         return record_to_proto(self.manager.submit(kind, spec))

@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     presets = s.add_parser("presets", help="list the named presets with their expected memory per GPU")
     presets.set_defaults(func=cmd_presets)
 
+    config = s.add_parser("config", help="every config key (for --set and --config) with its type and default")
+    config.set_defaults(func=cmd_config)
+
 
 def cmd_run(args) -> int:
     from .config import load_config
@@ -76,7 +79,8 @@ def cmd_run(args) -> int:
     cfg = load_config(_config_dict(args))
     with CliProgress("train", "step", enabled=not args.quiet) as bar:
         result = run_training(cfg, args.dataset, args.out, max_steps=args.max_steps or None, progress=bar)
-    print(f"{result['steps']}/{result['total_steps']} steps, final loss {result['final_loss']:.4f}; "
+    loss = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
+    print(f"{result['steps']}/{result['total_steps']} steps, final loss {loss}; "
           f"LoRA: {result['lora']}; report: {result['report']}", file=sys.stderr)
     print(json.dumps(result, ensure_ascii=False, default=str))
     return 0
@@ -113,8 +117,11 @@ def cmd_submit(args) -> int:
         return 0
     from vidtune.v1 import train_pb2, train_pb2_grpc
 
+    from vidtune.platform.storage import absolute
+
+    # The service may run in another directory: local paths are sent absolute.
     request = train_pb2.TrainRequest(preset=preset, config_yaml=yaml.safe_dump(config) if config else "",
-                                     dataset=args.dataset, output=args.out, max_steps=args.max_steps,
+                                     dataset=absolute(args.dataset), output=absolute(args.out), max_steps=args.max_steps,
                                      backend=args.backend, timeout_s=args.timeout)
     return submit_and_follow("train", args, lambda c: c.stub(train_pb2_grpc.TrainServiceStub)
                              .SubmitTrain(request, metadata=c.metadata, timeout=c.timeout))
@@ -124,4 +131,17 @@ def cmd_presets(args) -> int:
     for row in describe_presets():
         print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "
               f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} ~{row['memory_per_gpu_gb']:.0f} GB/GPU")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import dataclasses
+
+    from .config import TrainConfig
+
+    defaults = TrainConfig()
+    print(f"{'key':<30} {'type':<14} default")
+    for f in dataclasses.fields(TrainConfig):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        print(f"{f.name:<30} {kind:<14} {json.dumps(getattr(defaults, f.name), ensure_ascii=False)}")
     return 0

@@ -7,7 +7,7 @@ import os
 import sys
 
 from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
-from vidtune.platform.storage import Storage
+from vidtune.platform.storage import Storage, absolute
 
 from .profiles import PROFILES, get_profile
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args) -> int:
-    from .batch import run_batch
+    from .batch import require_output, run_batch
 
     profile = get_profile(args.profile, args.fps or None, args.max_duration or None)
     shard = None
@@ -61,14 +61,16 @@ def cmd_run(args) -> int:
         if r.status != "ok":
             print(f"  rejected {r.input}: {r.reason}", file=sys.stderr)
     print(json.dumps(summary.as_dict(), ensure_ascii=False))
+    require_output(summary)
     return 3 if summary.failed and getattr(args, "strict", False) else 0
 
 
 def cmd_submit(args) -> int:
     from vidtune.v1 import transcode_pb2, transcode_pb2_grpc
 
-    request = transcode_pb2.TranscodeRequest(inputs=args.input, output=args.output, profile=args.profile,
-                                             fps=args.fps, max_duration=args.max_duration,
-                                             workers=args.workers, report=args.report or "")
+    # The service may run in another directory: local paths are sent absolute.
+    request = transcode_pb2.TranscodeRequest(inputs=[absolute(i) for i in args.input], output=absolute(args.output),
+                                             profile=args.profile, fps=args.fps, max_duration=args.max_duration,
+                                             workers=args.workers, report=absolute(args.report or ""))
     return submit_and_follow("transcode", args, lambda c: c.stub(transcode_pb2_grpc.TranscodeServiceStub)
                              .SubmitTranscode(request, metadata=c.metadata, timeout=c.timeout))

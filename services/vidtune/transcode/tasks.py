@@ -5,7 +5,7 @@ from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
 from vidtune.platform.storage import join
 
-from .batch import run_batch
+from .batch import require_output, run_batch
 from .profiles import get_profile
 
 
@@ -31,6 +31,8 @@ def transcode_batch(ctx: JobContext) -> dict:
     summary = run_batch(ctx.storage, list(spec["inputs"]), spec["output"], profile, workers=int(spec.get("workers") or 2),
                         report_uri=report, scratch=ctx.scratch, progress=ctx.progress, cancelled=ctx.cancelled,
                         shard=shard)
+    ctx.set_result(**summary.as_dict())
+    require_output(summary)
     return summary.as_dict() | {"profile": profile.name, "output": spec["output"]}
 
 
