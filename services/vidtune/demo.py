@@ -8,6 +8,7 @@ object store; the stack is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidtune-demo", description=__doc__)
     parser.add_argument("--out", default="demo-out", help="local directory for the archive and reports")
     parser.add_argument("--keep-running", action="store_true", help="leave the demo stack running at the end")
+    parser.add_argument("--base-port", type=int, default=None, help="stack ports base, base+1, ... "
+                                                                     "(default: the defaults, else free ports)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     home = out / "stack"
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("starting the local stack: SeaweedFS object store + services on loopback")
     stack.down(home)  # a previous demo interrupted mid-way
-    state = stack.up(home=home, base_port=free_ports(1)[0] if _defaults_taken() else None)
+    state = stack.up(home=home, base_port=args.base_port or (free_ports(1)[0] if _defaults_taken() else None))
     os.environ.update(state["s3"])
     for svc, port in state["ports"].items():
         print(f"  {svc:10s} 127.0.0.1:{port}")
@@ -191,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_stage(storage, run, quality, out)
         local_q = download_prefix(storage, quality["output"], out / "quality")
         local_t = download_prefix(storage, run["output"], out / "training")
-        say("reports (open in a browser)")
+        say("summary: verdict per checkpoint against the base model (tiny random models: meaningless by design)")
+        from vidtune.pipeline.cli import verdict_lines
+        from vidtune.pipeline.runner import verdicts_of
+
+        print("  " + verdict_lines(verdicts_of(json.loads(
+            (Path(report).parent / "report.json").read_text(encoding="utf-8")))).replace("\n", "\n  "))
+        say(f"reports: local files under {out}, kept after the stack stops (open in a browser)")
         print(f"  quality statistics  {local_q / 'stats.html'}")
         print(f"  quality filter      {local_q / 'filter.html'}")
         print(f"  training            {local_t / 'report.html'}")

@@ -25,13 +25,14 @@ rules:
 """
 
 
-def make_tiny_archive(root: Path) -> Path:
+def make_tiny_archive(root: Path, seconds: float = 1.0, fps: float = 8) -> Path:
+    """Clips of `seconds` at `fps` (the default rules want 5 s or more at 10 fps or more)."""
     root = Path(root)
     labels = []
     for i, (item_id, rel, w, h, source) in enumerate(ITEMS):
-        make_clip(root / rel, w, h, 1.0, fps=8, source=source, pix_fmt="yuv444p" if w % 2 else "yuv420p")
+        make_clip(root / rel, w, h, seconds, fps=fps, source=source, pix_fmt="yuv444p" if w % 2 else "yuv420p")
         labels.append({"id": item_id, "file_path": rel, "caption": caption(i), "category": "자연/풍경",
-                       "media_type": "video", "width": w, "height": h, "duration": 1.0})
+                       "media_type": "video", "width": w, "height": h, "duration": seconds})
     make_image(root / "media/still/photo.png", 640, 480)
     labels.append({"id": "photo", "file_path": "media/still/photo.png", "caption": caption(7),
                    "category": "건축", "media_type": "image", "width": 640, "height": 480})

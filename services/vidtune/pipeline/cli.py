@@ -70,10 +70,14 @@ def cmd_run(args) -> int:
         return 1
     print(json.dumps({name: summary(name, r) for name, r in results.items()}, ensure_ascii=False, indent=2))
     if "compare" in results:
-        for v in runner.verdicts(storage, pipeline):
-            said = ", ".join(f"{m}: {w}" for m, w in v["verdicts"].items()) or "baseline"
-            print(f"{v['checkpoint']}: grade {v['grade']}; {said}", file=sys.stderr)
+        print(verdict_lines(runner.verdicts(storage, pipeline)), file=sys.stderr)
     return 0
+
+
+def verdict_lines(verdicts: list[dict]) -> str:
+    return "\n".join(f"{v['checkpoint']}: grade {v['grade']}; "
+                     f"{', '.join(f'{m} {w}' for m, w in v['verdicts'].items()) or 'the baseline'}"
+                     for v in verdicts)
 
 
 def summary(stage: str, result: dict) -> dict:

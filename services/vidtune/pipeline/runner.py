@@ -242,8 +242,12 @@ def status(p: Pipeline, storage: Storage) -> list[dict]:
 
 
 def verdicts(storage: Storage, p: Pipeline) -> list[dict]:
-    """Per checkpoint of the comparison: its grade and its overall verdicts against the baseline."""
-    report = json.loads(storage.read_text(p.out("compare", "report.json")))
+    return verdicts_of(json.loads(storage.read_text(p.out("compare", "report.json"))))
+
+
+def verdicts_of(report: dict) -> list[dict]:
+    """Per checkpoint of a comparison report (report.json): its grade and its overall verdicts against
+    the baseline."""
     out = []
     for name, row in report.get("checkpoints", {}).items():
         against = {d["metric"]: d["verdict"] for d in report.get("deltas", [])
