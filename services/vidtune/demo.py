@@ -60,37 +60,27 @@ def transcode_stage(storage: Storage, archive_uri: str) -> dict:
     return result
 
 
-def quality_stage(storage: Storage, items: list, archive_uri: str, transcode: dict) -> dict:
-    """Labels + the transcode report -> a listing of model-ready media, then ingest/probe/filter/stats/
-    split/export as one job of the quality service. Items whose transcode failed keep their raw URI, so
-    the quality report accounts for them too (rejected, with the reason)."""
+def quality_stage(storage: Storage, archive_uri: str, transcode: dict) -> dict:
+    """Labels + the transcode report -> ingest/probe/filter/stats/split/export as one job of the quality
+    service. The report maps each label row to its transcoded clip; a row whose transcode failed is
+    rejected with that reason, so the quality report accounts for every item."""
     from vidtune.v1 import quality_pb2, quality_pb2_grpc
 
-    say("quality: ingest labels, probe and score the clips, filter with the default rules, statistics, export")
-    outputs = {}
-    for row in storage.read_jsonl(transcode["report"]):
-        outputs[row["input"]] = row["output"] if row["status"] == "ok" else row["input"]
-    listing = []
-    for it in items:
-        raw = join(archive_uri, it.file)
-        listing.append({"id": it.id, "file_path": outputs.get(raw, raw), "caption": it.caption,
-                        "category": it.category, "media_type": it.media_type, "width": it.width,
-                        "height": it.height, "duration": it.duration})
-    listing_uri = join(BUCKET, "listings", "archive-wan-720p.jsonl")
-    storage.write_jsonl(listing_uri, listing)
+    say("quality: ingest labels joined to the transcoded clips, probe and score them, filter with the default "
+        "rules, statistics, export")
     out = join(BUCKET, "quality", "archive-wan-720p")
     with ServiceClient("quality") as c:
         job = c.stub(quality_pb2_grpc.QualityServiceStub).SubmitRun(quality_pb2.RunQualityRequest(
-            source=listing_uri, output=out, root=join(BUCKET, "transcoded/wan-720p"), val_ratio=0.15, seed=0,
-            workers=2), metadata=c.metadata, timeout=30)
-        follow(c, job)
+            source=join(archive_uri, "labels") + "/", root=archive_uri, transcoded=transcode["report"], output=out,
+            val_ratio=0.15, seed=0, workers=2), metadata=c.metadata, timeout=30)
+        rec = follow(c, job)
     import io
 
     import pyarrow.parquet as pq
 
     clean = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "clean.parquet")))).to_pylist()
     rejected = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "rejected.parquet")))).to_pylist()
-    print(f"{len(listing)} rows in = {len(clean)} clean + {len(rejected)} rejected")
+    print(f"{int(rec['result']['rows_in'])} rows in = {len(clean)} clean + {len(rejected)} rejected")
     for row in rejected:
         print(f"  rejected {row['id']}: {'; '.join(row['reasons'])[:150]}")
     return {"output": out, "export": join(out, "export"), "clean": clean}
@@ -129,9 +119,7 @@ def evaluate_stage(storage: Storage, run: dict, quality: dict, local_dir: Path) 
                for i, (cat, r) in enumerate(sorted(by_category.items()))][:3]
     storage.write_jsonl(join(root, "prompts.jsonl"), prompts)
     reference = join(root, "reference.jsonl")
-    storage.write_jsonl(reference, ({"video": join(BUCKET, "transcoded/wan-720p", r["media"])
-                                     if not r["media"].startswith("s3://") else r["media"],
-                                     "category": r["category"]} for r in clean_videos))
+    storage.write_jsonl(reference, ({"video": r["transcoded"], "category": r["category"]} for r in clean_videos))
     with ServiceClient("evaluate") as c:
         stub = c.stub(evaluate_pb2_grpc.EvaluateServiceStub)
         follow(c, stub.SubmitGenerate(evaluate_pb2.GenerateRequest(
@@ -189,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 storage.upload(path, join(archive_uri, str(path.relative_to(out / "archive"))))
         print(f"  {len(items)} items ({sum(i.damaged for i in items)} damaged) uploaded to {archive_uri}/")
         transcode = transcode_stage(storage, archive_uri)
-        quality = quality_stage(storage, items, archive_uri, transcode)
+        quality = quality_stage(storage, archive_uri, transcode)
         run = train_stage(storage, quality["export"])
         report = evaluate_stage(storage, run, quality, out)
         local_q = download_prefix(storage, quality["output"], out / "quality")

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="submit each stage to its service (the local stack or VIDTUNE_<SERVICE>_ENDPOINT) and "
                           "wait for it, instead of running it in this process")
     run.add_argument("--watch", action="store_true", help="with --submit: a progress bar per stage job")
+    run.add_argument("--backend", choices=["kubernetes"], help="create each stage as a Kubernetes Job (in the "
+                     "cluster of the current kubeconfig, settings from VIDTUNE_K8S_*), in order, and follow it; "
+                     "the work prefix must be an s3:// URI the pods reach")
+    run.add_argument("--dry-run", action="store_true", help="with --backend kubernetes: print the stage Jobs "
+                     "(as far as their specs are known) for `kubectl apply -f -`, create nothing")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
 
@@ -52,7 +57,26 @@ def cmd_run(args) -> int:
     pipeline = _load(args.config)
     storage = Storage()
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    if args.submit:
+    if args.dry_run and args.backend != "kubernetes":
+        print("error: --dry-run prints Kubernetes Jobs; use it with --backend kubernetes", file=sys.stderr)
+        return 2
+    if args.backend == "kubernetes":
+        from vidtune.platform.kube import ClusterSettings, manifest_yaml
+        from vidtune.platform.storage import is_s3
+
+        if not is_s3(pipeline.work):
+            print(f"error: work {pipeline.work!r} is not an s3:// URI: pods on a cluster cannot reach it",
+                  file=sys.stderr)
+            return 2
+        settings = ClusterSettings.from_env()
+        if args.dry_run:
+            jobs, stopped = runner.render_jobs(pipeline, storage, args.until, settings)
+            print("---\n".join(manifest_yaml(j) for j in jobs), end="")
+            if stopped:
+                print(f"# {stopped}")
+            return 0
+        executor = runner.OnKubernetes(storage, pipeline, settings)
+    elif args.submit:
         executor = runner.Submitted(show_progress=args.watch and not args.quiet)
     else:
         bars: list[CliProgress] = []

@@ -157,6 +157,80 @@ class Submitted:
         return rec.get("result", {})
 
 
+# Stages whose work wants a GPU node on a cluster (the others are CPU work: ffmpeg, probing, copying).
+GPU_STAGES = ("train", "generate", "score")
+
+
+def stage_job(stage: Stage, record: dict, spec_uri: str, settings):
+    """The batch/v1 Job that runs one stage: `vidtune worker` creates the job record from the stored spec
+    (so no service needs to be involved) and runs the stage's handler; a retried pod resumes it."""
+    from vidtune.platform import kube
+
+    command = ["vidtune", "worker", "--service", stage.service, "--job-id", record["id"], "--spec", spec_uri,
+               "--kind", stage.kind]
+    return kube.worker_job(record, settings, gpus=settings.gpus if stage.name in GPU_STAGES else 0,
+                           command=command, labels={"vidtune.io/pipeline-stage": stage.name})
+
+
+class OnKubernetes:
+    """Each stage is a Kubernetes Job created in order and followed to its end; the stage's result is read
+    from the job record its worker wrote. The work prefix must be in the object store the pods reach."""
+
+    def __init__(self, storage: Storage, pipeline: Pipeline, settings=None, api=None, poll_seconds: float = 5.0):
+        from vidtune.platform import kube
+
+        self.storage, self.pipeline, self.api, self.poll_seconds = storage, pipeline, api, poll_seconds
+        self.settings = settings or kube.ClusterSettings.from_env()
+
+    def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
+        from vidtune.platform import kube
+        from vidtune.platform.jobs import JobStore, new_record
+        from vidtune.platform.settings import jobs_root
+
+        job_id, name = status.get("job_id"), status.get("k8s_job")
+        if not job_id:
+            record = new_record(stage.service, stage.kind, spec, backend="kubernetes")
+            spec_uri = self.pipeline.out(stage.name, "_spec.json")
+            self.storage.write_text(spec_uri, json.dumps(spec, ensure_ascii=False), "application/json")
+            job = kube.submit(stage_job(stage, record, spec_uri, self.settings), self.api)
+            job_id, name = record["id"], job.metadata.name
+            remember({"job_id": job_id, "k8s_job": name})
+        while True:
+            phase = kube.job_phase(kube.read_status(name, self.settings.namespace, self.api))
+            if phase in (DONE, FAILED, "MISSING"):
+                break
+            time.sleep(self.poll_seconds)
+        try:
+            record = JobStore(self.storage, jobs_root(), stage.service).load(job_id)
+        except NotFound:
+            raise FailedPrecondition(f"Kubernetes Job {name} ended {phase} without a job record") from None
+        if record["state"] != DONE:
+            raise FailedPrecondition(f"job {job_id} (Kubernetes Job {name}) ended {record['state']}: "
+                                     f"{(record.get('error') or {}).get('message', '')}")
+        return record["result"]
+
+
+def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> tuple[list, str]:
+    """The Jobs `run --backend kubernetes` would create, in order, for `--dry-run`: as far as the specs can
+    be known (a stage needing an earlier stage's result ends the list; the reason is returned)."""
+    from vidtune.platform.jobs import new_record
+
+    jobs, results = [], {}
+    for stage in stages_until(until):
+        try:
+            spec = stage.spec(p, results)
+        except KeyError:
+            return jobs, (f"{stage.name} and later: their specs need the result of an earlier stage, which has "
+                          "not run yet")
+        record = new_record(stage.service, stage.kind, spec, backend="kubernetes")
+        jobs.append(stage_job(stage, record, p.out(stage.name, "_spec.json"), settings))
+        st = load_status(storage, p, stage.name)
+        results[stage.name] = (st or {}).get("result", {})
+        if not st or st.get("state") != DONE:
+            results[stage.name] = {}
+    return jobs, ""
+
+
 def request_fields(stage: Stage, spec: dict) -> dict:
     """A stage's spec as the fields of its Submit request (the proto names the spec already uses)."""
     if stage.kind == "train.run":
