@@ -44,7 +44,7 @@ def _worker(*args: str) -> int:
 def test_only_rank_zero_writes_the_record(storage, jobs_root, tasks, monkeypatch, capsys):
     store = JobStore(storage, jobs_root, "evaluate")
     rec = new_record("evaluate", "evaluate.compare", {"scores": ["s3://b/s"]}, backend="kubernetes")
-    store.save(rec)
+    store.create(rec)
 
     monkeypatch.setenv("RANK", "1")
     assert _worker("--job-id", rec["id"]) == 0
@@ -64,7 +64,7 @@ def test_a_rank_joining_a_running_job_still_runs_the_handler(storage, jobs_root,
     store = JobStore(storage, jobs_root, "evaluate")
     rec = new_record("evaluate", "evaluate.compare", {}, backend="kubernetes")
     transition(rec, RUNNING)  # rank 0 got there first
-    store.save(rec)
+    store.create(rec)
     monkeypatch.setenv("RANK", "3")
     assert _worker("--job-id", rec["id"]) == 0
     assert tasks.runs and store.load(rec["id"])["state"] == RUNNING

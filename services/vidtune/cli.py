@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("list", "get", "watch", "cancel"):
         q = jsub.add_parser(action)
         if action == "list":
-            q.add_argument("--service", required=True, choices=available("service"))
+            q.add_argument("--service", choices=available("service"), help="default: every service")
             q.add_argument("--state", default="", help="QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")
             q.add_argument("--kind", default="")
+            q.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+            q.add_argument("--limit", type=int, default=50, help="jobs per service, newest first")
         else:
             q.add_argument("job_id")
             q.add_argument("--service", help="default: from the job id's prefix")
@@ -103,52 +105,71 @@ def worker_rank() -> int:
 
 
 def cmd_worker(args) -> int:
-    from vidtune.platform.jobs import TERMINAL, execute
+    """Run one job record to its end in this process (a Kubernetes Job's pod, or a local subprocess).
+
+    Rank 0 takes the record's lease (waiting for a dead predecessor's to expire) and is its only writer;
+    under torchrun the other ranks run the same handler on a private copy. SIGTERM hands the job back
+    (exit 75, so a Job's retry picks it up) instead of failing it.
+    """
+    import signal
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from vidtune.platform.jobs import (QUEUED, SUCCEEDED, TERMINAL, JobContext, JobStore, StopSignal, acquire,
+                                       execute, lease_alive)
     from vidtune.platform.server import setup_logging
+    from vidtune.platform.settings import jobs_root
     from vidtune.platform.storage import Storage
     from vidtune.registry import module
 
     setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
+    rank = worker_rank()
     storage = Storage()
-    store = _worker_store(storage, args.service)
+    store = JobStore(storage, jobs_root(), args.service)
     try:
         record = store.load(args.job_id)
     except NotFound:
         if not args.spec:
             raise
-        record = _record_from_spec(storage, store, args)
-    if record["state"] in TERMINAL:
-        print(f"job {args.job_id} is already {record['state']}", file=sys.stderr)
-        return 0 if record["state"] == "SUCCEEDED" else 1
-    if record["state"] == "RUNNING":  # a previous pod died mid-run, or rank 0 started it: continue
-        from vidtune.platform.jobs import QUEUED, transition
-
-        transition(record, QUEUED)
+        record = _record_from_spec(storage, store, args, create=rank == 0)
     handlers = module(args.service, "tasks").HANDLERS
-    record = execute(record, handlers[record["kind"]], storage, store)
+    stop = StopSignal()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set("drain"))
+    if rank != 0:  # state and progress are rank 0's to report
+        with tempfile.TemporaryDirectory(prefix=f"vt-{args.job_id}-") as scratch:
+            ctx = JobContext(dict(record, result=dict(record["result"])), storage, store, Path(scratch), stop=stop)
+            result = handlers[record["kind"]](ctx) or {}
+        print(json.dumps({"id": record["id"], "state": SUCCEEDED, "result": result, "rank": rank},
+                         ensure_ascii=False))
+        return 0
+    lease = None
+    while lease is None:
+        record = store.load(args.job_id)
+        if record["state"] in TERMINAL:
+            print(f"job {args.job_id} is already {record['state']}", file=sys.stderr)
+            return 0 if record["state"] == SUCCEEDED else 1
+        lease = acquire(store, args.job_id)
+        if lease is None and lease_alive(store.load(args.job_id)):
+            print(f"job {args.job_id} is held by {record['lease']['holder']}; waiting for its lease",
+                  file=sys.stderr)
+            time.sleep(min(5.0, max(0.5, float(os.environ.get("VIDTUNE_LEASE_SECONDS", "30")) / 3)))
+        if stop.reason:
+            return 75
+    record = execute(lease, handlers[record["kind"]], storage, stop=stop)
     print(json.dumps({"id": record["id"], "state": record["state"], "result": record["result"],
                       "error": record["error"]}, ensure_ascii=False))
-    return 0 if record["state"] == "SUCCEEDED" else 1
+    if record["state"] == QUEUED:
+        return 75  # handed back: a retry continues it
+    return 0 if record["state"] == SUCCEEDED else 1
 
 
-def _worker_store(storage, service: str):
-    """The store a worker keeps its record in. Under torchrun every rank runs the handler (training needs
-    them all), but only rank 0 owns the record: the others read it and work on a private copy, so one job
-    never has several writers."""
-    from vidtune.platform.jobs import JobStore
-    from vidtune.platform.settings import jobs_root
-
-    class ReadOnlyJobStore(JobStore):
-        def save(self, record: dict) -> None:
-            pass  # state and progress are rank 0's to report
-
-    return (JobStore if worker_rank() == 0 else ReadOnlyJobStore)(storage, jobs_root(), service)
-
-
-def _record_from_spec(storage, store, args) -> dict:
-    """A job record for a Job submitted with kubectl alone: the spec comes from a file or URI."""
+def _record_from_spec(storage, store, args, create: bool) -> dict:
+    """A job record for a Job submitted with kubectl alone: the spec comes from a file or URI. Rank 0
+    stores it; the other ranks work from the same record without storing it."""
     import yaml
 
+    from vidtune.platform.errors import Conflict
     from vidtune.platform.jobs import new_record
     from vidtune.registry import module
 
@@ -160,33 +181,32 @@ def _record_from_spec(storage, store, args) -> dict:
         raise InvalidArgument(f"{args.spec}: the spec must be a mapping")
     record = new_record(args.service, args.kind, spec, backend="kubernetes")
     record["id"] = args.job_id
-    store.save(record)
+    if not create:
+        return record
+    try:
+        store.create(record)
+    except Conflict:  # every rank (or a retried pod) creates it; the first one wins
+        return store.load(args.job_id)
     return record
 
 
 def cmd_jobs(args) -> int:
+    """Exit 0 when the call worked (for watch/get: when the job SUCCEEDED or is still under way), 1 when
+    the job FAILED or was CANCELLED, 2 when the call itself failed."""
     import grpc
 
     from vidtune.platform.client import ServiceClient, job_dict, rpc_error_text, watch
     from vidtune.platform.jobs import service_of
     from vidtune.v1 import jobs_pb2
 
+    if args.action == "list":
+        return _list_jobs(args)
     service = args.service or service_of(args.job_id)
     if not service:
         print(f"error: cannot tell the service of job {args.job_id!r}; pass --service", file=sys.stderr)
         return 2
     with ServiceClient(service, args.endpoint, args.token) as c:
         try:
-            if args.action == "list":
-                state = jobs_pb2.JobState.Value(args.state.upper()) if args.state else 0
-                resp = c.jobs().ListJobs(jobs_pb2.ListJobsRequest(kind=args.kind, state=state),
-                                         metadata=c.metadata, timeout=c.timeout)
-                for j in resp.jobs:
-                    # A failed job's progress message is whatever it was doing; its error says why it ended.
-                    message = j.error.message if j.state == jobs_pb2.FAILED and j.error.message else j.progress.message
-                    print(f"{j.id}\t{j.kind}\t{jobs_pb2.JobState.Name(j.state)}\t{j.progress.percent:5.1f}%\t"
-                          f"{message}")
-                return 0
             if args.action == "watch":
                 job = watch(c, args.job_id)
             elif args.action == "cancel":
@@ -198,9 +218,41 @@ def cmd_jobs(args) -> int:
             print(f"error: {rpc_error_text(e)}", file=sys.stderr)
             return 2
     print(json.dumps(job_dict(job), ensure_ascii=False, indent=2))
-    if args.action == "watch" and job.state != jobs_pb2.SUCCEEDED:
-        return 1  # a watched job that did not succeed fails the command that waited for it
-    return 0
+    state = jobs_pb2.JobState.Name(job.state)
+    if args.action == "cancel":
+        return 0 if state in ("CANCELLED", "QUEUED", "RUNNING") else 1
+    return 1 if state in ("FAILED", "CANCELLED") else 0
+
+
+def _list_jobs(args) -> int:
+    """One table over every service (or the one named): id, kind, state, progress, the message or error."""
+    import grpc
+
+    from vidtune.platform.client import ServiceClient, rpc_error_text
+    from vidtune.registry import available
+    from vidtune.v1 import jobs_pb2
+
+    try:
+        state = jobs_pb2.JobState.Value(args.state.upper()) if args.state else 0
+    except ValueError:
+        print(f"error: --state {args.state!r} is not one of {', '.join(jobs_pb2.JobState.keys()[1:])}", file=sys.stderr)
+        return 2
+    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    code = 0
+    for service in [args.service] if args.service else available("service"):
+        with ServiceClient(service, args.endpoint if args.service else None, args.token) as c:
+            try:
+                resp = c.jobs().ListJobs(jobs_pb2.ListJobsRequest(kind=args.kind, state=state, labels=labels,
+                                                                  page_size=args.limit),
+                                         metadata=c.metadata, timeout=c.timeout)
+            except grpc.RpcError as e:
+                print(f"{service}: {rpc_error_text(e)} ({c.endpoint})", file=sys.stderr)
+                code = 2
+                continue
+        for j in resp.jobs:
+            message = j.error.message if j.error.message else j.progress.message
+            print(f"{j.id}\t{j.kind}\t{jobs_pb2.JobState.Name(j.state)}\t{j.progress.percent:5.1f}%\t{message}")
+    return code
 
 
 def cmd_up(args) -> int:

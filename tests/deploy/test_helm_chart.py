@@ -149,7 +149,13 @@ def test_probes_use_native_grpc_health(rendered):
             assert set(container[probe]) & {"httpGet", "exec", "tcpSocket"} == set(), (name, probe)
             assert container[probe]["grpc"]["port"] == port, (name, probe)
         assert container["readinessProbe"]["grpc"]["service"] == f"vidtune.v1.{name.capitalize()}Service"
-        assert container["livenessProbe"]["grpc"]["service"] == ""
+        # Liveness must not follow the object store (an outage would restart every pod); readiness does.
+        assert container["livenessProbe"]["grpc"]["service"] == "vidtune.v1.Liveness"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        grace = deployment(rendered, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert 0 < float(env["VIDTUNE_STOP_GRACE"]) < grace, "the drain must end before the pod is killed"
+        strategy = deployment(rendered, name)["spec"]["strategy"]
+        assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxUnavailable"] == 0
         (svc_port,) = services[name]["spec"]["ports"]
         assert svc_port["port"] == port and svc_port["appProtocol"] == "grpc"
 

@@ -4,8 +4,9 @@ import time
 import pytest
 
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
-from vidtune.platform.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobManager, JobStore, execute,
-                                   new_record, service_of, transition)
+from vidtune.platform.errors import Conflict
+from vidtune.platform.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobManager, JobStore, acquire,
+                                   execute, new_record, service_of, transition)
 
 
 def test_state_machine_allows_only_forward_moves():
@@ -41,7 +42,7 @@ def test_manager_runs_persists_and_reports_progress(storage, jobs_root):
         assert final["progress"]["done"] == 3 and final["progress"]["percent"] == 100.0
         # the record is in the object store, readable by another process
         assert JobStore(storage, jobs_root, "transcode").load(rec["id"])["state"] == SUCCEEDED
-        assert [r["id"] for r in m.list(state=SUCCEEDED)] == [rec["id"]]
+        assert [r["id"] for r in m.list(state=SUCCEEDED)[0]] == [rec["id"]]
     finally:
         m.stop()
 
@@ -60,9 +61,10 @@ def test_failure_keeps_the_reason_and_code(storage, jobs_root):
 
     store = JobStore(storage, jobs_root, "transcode")
     rec = new_record("transcode", "t.broken", {})
-    store.save(rec)
-    out = execute(rec, broken, storage, store)
+    store.create(rec)
+    out = execute(acquire(store, rec["id"]), broken, storage)
     assert out["state"] == FAILED and out["error"] == {"code": 3, "message": "input s3://b/x.mp4: not a video"}
+    assert store.load(rec["id"])["lease"] is None, "an ended job holds no lease"
 
 
 def test_cancel_a_running_job(storage, jobs_root):
@@ -101,8 +103,9 @@ def test_restart_resumes_queued_and_running_jobs(storage, jobs_root):
     store = JobStore(storage, jobs_root, "transcode")
     queued = new_record("transcode", "t.count", {})
     running = transition(new_record("transcode", "t.count", {}), RUNNING)  # as a crash leaves it
-    store.save(queued)
-    store.save(running)
+    store.create(queued)
+    running["lease"] = {"holder": "gone/1/x", "expires": "2000-01-01T00:00:00+00:00"}  # its runner died
+    store.create(running)
     calls = []
     m = JobManager("transcode", storage, jobs_root, {"t.count": _counting_handler(calls)})
     m.start()
@@ -112,3 +115,132 @@ def test_restart_resumes_queued_and_running_jobs(storage, jobs_root):
         assert m.get(running["id"])["attempt"] == 2
     finally:
         m.stop()
+
+
+def test_records_are_written_by_compare_and_swap(storage, jobs_root):
+    store = JobStore(storage, jobs_root, "transcode")
+    rec = new_record("transcode", "t.count", {})
+    v1 = store.create(rec)
+    with pytest.raises(Conflict):
+        store.create(rec)  # an id is created once
+    loaded, version = store.load_versioned(rec["id"])
+    assert version == v1
+    store.replace(loaded, version)
+    with pytest.raises(Conflict):
+        store.replace(loaded, version)  # a writer holding a stale version loses
+
+
+def test_one_lease_at_a_time(storage, jobs_root):
+    store = JobStore(storage, jobs_root, "transcode")
+    rec = new_record("transcode", "t.count", {})
+    store.create(rec)
+    first = acquire(store, rec["id"], holder="replica-a", ttl=30)
+    assert first is not None and first.record["state"] == RUNNING and first.record["attempt"] == 1
+    assert acquire(store, rec["id"], holder="replica-b", ttl=30) is None, "a live lease keeps others out"
+    first.save()  # renewal by the holder works
+
+
+def test_a_runner_whose_lease_was_taken_over_stops_writing(storage, jobs_root):
+    store = JobStore(storage, jobs_root, "transcode")
+    rec = new_record("transcode", "t.count", {})
+    store.create(rec)
+    stale = acquire(store, rec["id"], holder="replica-a", ttl=0.2)
+    time.sleep(0.4)  # replica-a stalls past its lease
+    fresh = acquire(store, rec["id"], holder="replica-b", ttl=30)
+    assert fresh is not None and fresh.record["attempt"] == 2
+    from vidtune.platform.errors import JobInterrupted
+
+    with pytest.raises(JobInterrupted, match="lease lost"):
+        stale.save()
+    assert stale.lost and store.load(rec["id"])["lease"]["holder"] == "replica-b"
+
+
+def test_two_managers_run_each_job_once(storage, jobs_root):
+    """Two replicas over one store (a rolling update): every job runs once, every item once."""
+    done, lock = [], threading.Lock()
+
+    def handler(ctx):
+        for i in range(3):
+            ctx.check_cancelled()
+            with lock:
+                done.append((ctx.job_id, i))
+            time.sleep(0.05)
+        return {}
+
+    managers = [JobManager("transcode", storage, jobs_root, {"t.items": handler}, workers=2, scan_interval=0.2)
+                for _ in range(2)]
+    for m in managers:
+        m.start()
+    try:
+        ids = [managers[i % 2].submit("t.items", {})["id"] for i in range(6)]
+        for job_id in ids:
+            assert list(managers[0].watch(job_id, timeout=30))[-1]["state"] == SUCCEEDED
+        assert sorted(done) == sorted((j, i) for j in ids for i in range(3)), "an item ran twice or never"
+        assert all(managers[0].store.load(j)["attempt"] == 1 for j in ids)
+    finally:
+        for m in managers:
+            m.stop()
+
+
+def test_drain_hands_a_running_job_back_and_another_replica_finishes_it(storage, jobs_root):
+    started, done = threading.Event(), []
+
+    def handler(ctx):
+        for i in range(6):
+            if i < len(done):
+                continue
+            ctx.check_cancelled()
+            started.set()
+            time.sleep(0.2)
+            done.append(i)
+        return {"items": len(done)}
+
+    first = JobManager("transcode", storage, jobs_root, {"t.items": handler}, scan_interval=0.2)
+    first.start()
+    rec = first.submit("t.items", {})
+    assert started.wait(10)
+    assert first.drain(grace=10) == [rec["id"]]
+    first.stop()
+    handed_back = first.store.load(rec["id"])
+    assert handed_back["state"] == QUEUED and handed_back["lease"] is None
+    assert "service is stopping" in handed_back["progress"]["message"]
+    second = JobManager("transcode", storage, jobs_root, {"t.items": handler}, scan_interval=0.2)
+    second.start()
+    try:
+        final = list(second.watch(rec["id"], timeout=30))[-1]
+        assert final["state"] == SUCCEEDED and final["attempt"] == 2
+        assert done == list(range(6)), "each item exactly once across the hand-over"
+    finally:
+        second.stop()
+
+
+def test_a_corrupt_or_foreign_object_under_the_jobs_root_is_skipped(storage, jobs_root):
+    store = JobStore(storage, jobs_root, "transcode")
+    good = new_record("transcode", "t.count", {})
+    store.create(good)
+    storage.write_text(f"{jobs_root}/transcode/tc-20200101-000000-aaaaaa.json", "{not json")
+    storage.write_text(f"{jobs_root}/transcode/tc-20200101-000000-bbbbbb.json", '{"hello": "world"}')
+    m = JobManager("transcode", storage, jobs_root, {"t.count": _counting_handler([])}, scan_interval=0.2)
+    m.start()  # must not die at start-up
+    try:
+        assert [r["id"] for r in m.list()[0]] == [good["id"]]
+        assert list(m.watch(good["id"], timeout=20))[-1]["state"] == SUCCEEDED
+    finally:
+        m.stop()
+
+
+def test_list_pages_newest_first_and_filters(storage, jobs_root):
+    store = JobStore(storage, jobs_root, "transcode")
+    recs = []
+    for i in range(5):
+        rec = new_record("transcode", "t.a" if i % 2 else "t.b", {}, labels={"team": "x" if i < 3 else "y"})
+        rec["id"] = f"tc-20260101-00000{i}-abcdef"
+        store.create(rec)
+        recs.append(rec)
+    m = JobManager("transcode", storage, jobs_root, {})
+    page, token = m.list(page_size=2)
+    assert [r["id"] for r in page] == [recs[4]["id"], recs[3]["id"]] and token == recs[3]["id"]
+    page, token = m.list(page_size=2, page_token=token)
+    assert [r["id"] for r in page] == [recs[2]["id"], recs[1]["id"]]
+    assert [r["id"] for r in m.list(kind="t.a")[0]] == [recs[3]["id"], recs[1]["id"]]
+    assert [r["id"] for r in m.list(labels={"team": "y"})[0]] == [recs[4]["id"], recs[3]["id"]]

@@ -191,27 +191,23 @@ def test_job_phase(status, phase):
     assert kube.job_phase(status) == phase
 
 
-def test_failed_job_fails_a_running_record_with_the_reason():
+def test_a_failed_job_fails_its_record_with_the_reason():
     rec = _record(state=RUNNING)
     status = _status(failed=4, conditions=[_cond("Failed", "BackoffLimitExceeded", "Job has reached the limit")])
-    assert kube.apply_status(rec, status)
+    assert kube.observe_status(status)["phase"] in kube.ENDED_BADLY
+    kube.fail_from_status(rec, status)
     assert rec["state"] == FAILED and "BackoffLimitExceeded" in rec["error"]["message"]
-    assert rec["kubernetes"]["failed"] == 4
-    assert not kube.apply_status(rec, status)  # terminal records are left alone
+    assert rec["error"]["code"] == 13 and rec["lease"] is None
 
 
-def test_running_and_finished_jobs_leave_the_worker_in_charge():
-    rec = _record(state=RUNNING)
-    assert kube.apply_status(rec, _status(active=1))  # phase recorded
-    assert rec["state"] == RUNNING and rec["kubernetes"]["phase"] == RUNNING
-    assert not kube.apply_status(rec, _status(active=1))
-    done = _record(state=RUNNING)
-    transition(done, SUCCEEDED)
-    assert not kube.apply_status(done, _status(failed=1, conditions=[_cond("Failed")]))
-    assert done["state"] == SUCCEEDED
+def test_observations_of_running_and_finished_jobs_end_nothing():
+    assert kube.observe_status(_status(active=1)) | {"checked": ""} == \
+        {"phase": RUNNING, "active": 1, "succeeded": 0, "failed": 0, "checked": ""}
+    assert kube.observe_status(_status(succeeded=1, conditions=[_cond("Complete")]))["phase"] not in kube.ENDED_BADLY
 
 
 def test_vanished_job_fails_a_queued_record():
     rec = _record()
-    assert kube.apply_status(rec, None)
-    assert rec["state"] == FAILED and "no longer exists" in rec["error"]["message"]
+    assert kube.observe_status(None)["phase"] == "MISSING"
+    kube.fail_from_status(rec, None)
+    assert rec["state"] == FAILED and "no longer exists" in rec["error"]["message"] and rec["error"]["code"] == 14

@@ -85,12 +85,14 @@ def test_kubernetes_launcher_places_by_record_and_reconciler_fails_a_dead_job(st
 
     # The generate pod starts (the worker writes RUNNING), then its Job fails; the score Job vanishes.
     store = JobStore(storage, jobs_root, "evaluate")
-    running = store.load(gen["id"])
+    running, version = store.load_versioned(gen["id"])
     transition(running, RUNNING)
-    store.save(running)
+    running["lease"] = {"holder": "pod-that-died", "expires": "2000-01-01T00:00:00+00:00"}
+    store.replace(running, version)
     gen_job.status = k8s.V1JobStatus(failed=3, conditions=[k8s.V1JobCondition(
         type="Failed", status="True", reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit")])
     del api.jobs[("team-a", score["labels"]["kubernetes-job"])]
+    # While a live pod holds the generate record, a failed Job status does not end it: the pod will.
     reconciler = launchers.KubeReconciler(store, "team-a", api=api)
     assert sorted(reconciler.reconcile_once()) == sorted([gen["id"], score["id"]])
     failed = store.load(gen["id"])
@@ -108,7 +110,7 @@ def test_reconciler_leaves_finished_and_other_backends_alone(storage, jobs_root)
     transition(done, SUCCEEDED)
     local = new_record("train", "train.run", {}, backend="local")
     for rec in (done, local):
-        store.save(rec)
+        store.create(rec)
     before = copy.deepcopy([store.load(done["id"]), store.load(local["id"])])
     assert launchers.KubeReconciler(store, "vidtune", api=api).reconcile_once() == []
     assert [store.load(done["id"]), store.load(local["id"])] == before

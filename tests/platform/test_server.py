@@ -93,3 +93,12 @@ def test_every_call_is_logged_with_its_code_and_duration(endpoint, caplog):
     assert lines == [("/vidtune.v1.JobService/GetJob", "NOT_FOUND"), ("/vidtune.v1.JobService/ListJobs", "UNAUTHENTICATED"),
                      ("/vidtune.v1.JobService/ListJobs", "OK")]
     assert all(r.duration_ms >= 0 for r in caplog.records if hasattr(r, "duration_ms"))
+
+
+def test_liveness_stays_serving_while_readiness_follows_the_server(endpoint):
+    from vidtune.platform.server import LIVENESS
+
+    with grpc.insecure_channel(endpoint) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        assert stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING

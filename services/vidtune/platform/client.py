@@ -82,13 +82,25 @@ def watch(client: ServiceClient, job_id: str, show_bar: bool = True, out=None):
     """Follow a job to its end with a progress bar (percent, ETA, message); return the final Job message."""
     from vidtune.v1 import jobs_pb2
 
-    last = None
+    import time
+
+    last, retries = None, 0
     with CliProgress(job_id, enabled=show_bar, out=out) as bar:
-        for job in client.jobs().WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=client.metadata):
-            last = job
-            p = job.progress
-            eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 and job.state == jobs_pb2.RUNNING else ""
-            bar(p.done, p.total, f"{jobs_pb2.JobState.Name(job.state)}{eta} {p.message}")
+        while last is None or last.state not in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED):
+            try:
+                for job in client.jobs().WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=client.metadata):
+                    last, retries = job, 0
+                    p = job.progress
+                    eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 and job.state == jobs_pb2.RUNNING else ""
+                    bar(p.done, p.total, f"{jobs_pb2.JobState.Name(job.state)}{eta} {p.message}")
+                if last is None:
+                    break
+            except grpc.RpcError as e:
+                # A replica going away (a rolling update) ends the stream: follow the job on the next one.
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or retries >= 30:
+                    raise
+                retries += 1
+                time.sleep(min(2.0, 0.2 * retries))
     if last is None:
         raise FailedPrecondition(f"job {job_id}: the watch stream ended without a state")
     return last

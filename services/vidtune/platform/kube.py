@@ -23,7 +23,7 @@ from decimal import Decimal
 from kubernetes import client as k8s
 
 from .errors import InvalidArgument
-from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, now_iso, transition
+from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, grpc_code, now_iso, transition
 
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -394,24 +394,25 @@ def failure_reason(status: k8s.V1JobStatus | None) -> str:
     return "Kubernetes Job failed"
 
 
-def apply_status(record: dict, status: k8s.V1JobStatus | None) -> bool:
-    """Flow a Job's status into a job record. Returns True when the record changed.
+ENDED_BADLY = (FAILED, "MISSING")
 
-    The worker writes RUNNING/SUCCEEDED itself; Kubernetes is only the authority when the pod could
-    not say so: the Job failed (backoff limit, deadline, eviction) or vanished while the record still
-    says QUEUED/RUNNING. A FAILED record then carries the Kubernetes reason.
-    """
-    if record.get("state") in TERMINAL:
-        return False
-    phase = job_phase(status)
-    info = {"phase": phase, "checked": now_iso()}
+
+def observe_status(status: k8s.V1JobStatus | None) -> dict:
+    """What the reconciler records beside a job's record about its Kubernetes Job."""
+    info = {"phase": job_phase(status), "checked": now_iso()}
     if status is not None:
         info.update(active=status.active or 0, succeeded=status.succeeded or 0, failed=status.failed or 0)
-    changed = record.get("kubernetes", {}).get("phase") != phase
-    record.setdefault("kubernetes", {}).update(info)
-    if phase in (FAILED, "MISSING") and record["state"] in (QUEUED, RUNNING):
-        transition(record, FAILED)
-        record["error"] = {"code": 14 if phase == "MISSING" else 13, "message": failure_reason(status)}
-        record.setdefault("progress", {})["message"] = record["error"]["message"]
-        return True
-    return changed
+    return info
+
+
+def fail_from_status(record: dict, status: k8s.V1JobStatus | None) -> dict:
+    """End an abandoned record as FAILED with the Kubernetes reason (UNAVAILABLE when the Job vanished)."""
+    phase = job_phase(status)
+    if record["state"] == RUNNING:
+        transition(record, QUEUED)
+    transition(record, FAILED)
+    record["lease"] = None
+    record["error"] = {"code": grpc_code("UNAVAILABLE" if phase == "MISSING" else "INTERNAL"),
+                       "message": failure_reason(status)}
+    record.setdefault("progress", {})["message"] = record["error"]["message"]
+    return record

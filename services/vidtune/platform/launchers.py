@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import kube
-from .errors import InvalidArgument
-from .jobs import QUEUED, RUNNING, JobStore
+from .errors import Conflict, InvalidArgument
+from .jobs import QUEUED, RUNNING, JobStore, lease_alive
 from .settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600
 INPROCESS = "inprocess"
 
-Launcher = Callable[[dict], None]
+Launcher = Callable[[dict], dict]
 Placement = Callable[[dict], dict]
 
 
@@ -85,7 +85,7 @@ def local_launcher(service: str, log_dir: str | Path | None = None) -> Launcher:
                 out.close()
 
         threading.Thread(target=reap, name=f"reap-{record['id']}", daemon=True).start()
-        record.setdefault("labels", {})["pid"] = str(proc.pid)
+        return {"pid": proc.pid}
 
     return launch
 
@@ -100,7 +100,7 @@ def kubernetes_launcher(service: str, placement: Placement, settings: kube.Clust
             raise InvalidArgument(f"job {record['id']} belongs to {record['service']}, not {service}")
         job = kube.worker_job(record, settings, **placement(record))
         kube.submit(job, api)
-        record.setdefault("labels", {})["kubernetes-job"] = job.metadata.name
+        return {"kubernetes-job": job.metadata.name}
 
     return launch
 
@@ -115,16 +115,30 @@ class KubeReconciler:
         self._thread = threading.Thread(target=self._loop, name=f"{store.service}-kube-reconciler", daemon=True)
 
     def reconcile_once(self) -> list[str]:
+        """Observe every unfinished kubernetes-backend Job; returns the ids whose record was ended."""
         changed = []
         for record in self.store.all():
             if record.get("backend") != "kubernetes" or record["state"] not in (QUEUED, RUNNING):
                 continue
-            name = record.get("labels", {}).get("kubernetes-job") or kube.k8s_name("vidtune", record["id"])
+            name = self.store.observed(record["id"]).get("kubernetes-job") or kube.k8s_name("vidtune", record["id"])
             status = kube.read_status(name, self.namespace, self.api)
-            if kube.apply_status(record, status):
-                self.store.save(record)
+            observed = kube.observe_status(status)
+            self.store.observe(record["id"], **{"kubernetes-job": name, **observed})
+            if observed["phase"] in kube.ENDED_BADLY and self._fail_abandoned(record["id"], status):
                 changed.append(record["id"])
         return changed
+
+    def _fail_abandoned(self, job_id: str, status) -> bool:
+        """End the record as FAILED when its Job failed and no live runner holds it (compare-and-swap)."""
+        record, version = self.store.load_versioned(job_id)
+        if record["state"] not in (QUEUED, RUNNING) or lease_alive(record):
+            return False  # a live pod still owns it; its lease expires if it is gone, and we look again
+        kube.fail_from_status(record, status)
+        try:
+            self.store.replace(record, version)
+        except Conflict:
+            return False
+        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -7,19 +7,24 @@ on the cluster's MinIO.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
-from .errors import InvalidArgument, NotFound
+from .errors import Conflict, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -111,6 +116,9 @@ class S3Config:
     secure: bool = False
     region: str | None = None
     allowed_prefix: str = ""  # when set, every key must start with it
+    # How long a call waits for an unreachable store to come back before it fails with UNAVAILABLE: a store
+    # restart (a MinIO pod rescheduled) pauses running jobs instead of failing their items.
+    outage_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "S3Config":
@@ -137,7 +145,8 @@ class S3Config:
             secret = (d / "secret-key").read_text().strip()
         return cls(endpoint=endpoint, access_key=access, secret_key=secret, secure=secure,
                    region=env.get("VIDTUNE_S3_REGION") or None,
-                   allowed_prefix=env.get("VIDTUNE_S3_PREFIX", ""))
+                   allowed_prefix=env.get("VIDTUNE_S3_PREFIX", ""),
+                   outage_seconds=float(env.get("VIDTUNE_S3_OUTAGE_SECONDS", "300")))
 
 
 @dataclass
@@ -155,10 +164,27 @@ class Storage:
         if self._client is None:
             from minio import Minio
 
-            self._client = Minio(self.config.endpoint, access_key=self.config.access_key or None,
-                                 secret_key=self.config.secret_key or None, secure=self.config.secure,
-                                 region=self.config.region)
+            self._client = RetryingClient(
+                Minio(self.config.endpoint, access_key=self.config.access_key or None,
+                      secret_key=self.config.secret_key or None, secure=self.config.secure,
+                      region=self.config.region, http_client=_http_pool()),
+                self.config.endpoint, self.config.outage_seconds)
         return self._client
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        """One quick round trip to the object store, no retries: health checks use it."""
+        import urllib3
+        from minio import Minio
+
+        try:
+            probe = Minio(self.config.endpoint, access_key=self.config.access_key or None,
+                          secret_key=self.config.secret_key or None, secure=self.config.secure,
+                          region=self.config.region or "us-east-1",
+                          http_client=urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout), retries=False))
+            probe.bucket_exists("vidtune-health-probe")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+            return False
 
     def _split(self, uri: str) -> tuple[str, str]:
         return split_uri(uri, self.config.allowed_prefix)
@@ -330,6 +356,56 @@ class Storage:
             yield local
             self.upload(local, uri)
 
+    # -- versioned reads and conditional writes: how job records get exactly one writer
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The content of `uri` and its version (the S3 ETag; a content hash for a local file)."""
+        if not is_s3(uri):
+            data = self.read_bytes(uri)
+            return data, _content_version(data)
+        from minio.error import S3Error
+
+        bucket, key = self._split(uri)
+        try:
+            resp = self.client.get_object(bucket, key)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"{uri} does not exist") from None
+            raise
+        try:
+            return resp.read(), resp.headers.get("etag", "").strip('"')
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def write_if(self, uri: str, data: bytes, version: str | None,
+                 content_type: str = "application/json") -> str:
+        """Write `data` only if `uri` is still at `version` (None: only if it does not exist yet), in one
+        atomic step on the store (S3 If-Match / If-None-Match). Returns the new version; raises Conflict
+        when another writer changed the object first."""
+        if not is_s3(uri):
+            return _write_local_if(Path(uri), data, version)
+        from minio.error import S3Error
+
+        bucket, key = self._split(uri)
+        self.ensure_bucket(bucket)
+        headers = {"Content-Type": content_type}
+        headers.update({"If-None-Match": "*"} if version is None else {"If-Match": f'"{version}"'})
+        try:
+            return self.client.put_conditional(bucket, key, data, headers)
+        except S3Error as e:
+            if e.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+            raise Conflict(f"{uri} was changed by another writer") from None
+        except PreconditionAfterRetry:
+            # A retried PUT whose first try did land (its answer was lost) answers 412 too: that write is ours.
+            try:
+                current, now = self.read_versioned(uri)
+            except NotFound:
+                current, now = None, ""
+            if current == data:
+                return now
+            raise Conflict(f"{uri} was changed by another writer") from None
+
     def delete(self, uri: str) -> None:
         if not is_s3(uri):
             with contextlib.suppress(FileNotFoundError):
@@ -337,6 +413,117 @@ class Storage:
             return
         bucket, key = self._split(uri)
         self.client.remove_object(bucket, key)
+
+
+def _http_pool():
+    """minio's own pool settings, with room for a job's parallel transfers and a short connect timeout
+    (a store that does not answer is retried by RetryingClient, not waited on for minutes)."""
+    import certifi
+    import urllib3
+
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=300), maxsize=32, cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+
+
+def _content_version(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+_local_cas_lock = threading.Lock()
+
+
+def _write_local_if(path: Path, data: bytes, version: str | None) -> str:
+    """Compare-and-swap of a local file: an exclusive lock file serialises writers across processes."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _local_cas_lock, open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = _content_version(path.read_bytes()) if path.exists() else None
+        if current != version:
+            raise Conflict(f"{path} was changed by another writer")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return _content_version(data)
+
+
+def _transient(exc: BaseException) -> bool:
+    """True for failures that mean "the store is not answering now" rather than "this request is wrong"."""
+    import urllib3
+    from minio.error import S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        return exc.code in ("ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout")
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, ServerError))
+
+
+class PreconditionAfterRetry(Exception):
+    """A conditional PUT answered 412 on a retry: the first try may have been the one that landed."""
+
+
+class RetryingClient:
+    """The minio client, with every call retried with backoff while the store is unreachable (up to
+    `outage_seconds`), then UNAVAILABLE in one line. Listings are read whole inside the retry, so a
+    listing never stops half-way."""
+
+    def __init__(self, minio, endpoint: str, outage_seconds: float):
+        self._minio, self._endpoint, self._outage = minio, endpoint, outage_seconds
+
+    def _call(self, fn, *args, **kwargs):
+        deadline = time.monotonic() + self._outage
+        delay, warned = 0.5, False
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - sorted into transient or not just below
+                if not _transient(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(f"object store {self._endpoint} unreachable: {_short(e)}") from None
+                if not warned:
+                    log.warning("object store %s unreachable (%s); retrying for up to %.0f s",
+                                self._endpoint, _short(e), self._outage)
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def list_objects(self, *args, **kwargs):
+        return iter(self._call(lambda: list(self._minio.list_objects(*args, **kwargs))))
+
+    def put_conditional(self, bucket: str, key: str, data: bytes, headers: dict) -> str:
+        # minio-py has no parameter for If-Match/If-None-Match (its metadata turns them into x-amz-meta-*),
+        # so the PUT goes through its request layer with the headers as given.
+        from minio.error import S3Error
+
+        tries = 0
+
+        def put():
+            nonlocal tries
+            tries += 1
+            return self._minio._put_object(bucket, key, data, headers=headers)
+
+        try:
+            return self._call(put).etag
+        except S3Error as e:
+            if tries > 1 and e.code == "PreconditionFailed":
+                raise PreconditionAfterRetry() from e
+            raise
+
+    def __getattr__(self, name):
+        attr = getattr(self._minio, name)
+        if not callable(attr):
+            return attr
+        return lambda *a, **kw: self._call(attr, *a, **kw)
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception, without urllib3's nested object reprs."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = re.search(r"Caused by (\w+)\(.*?: (.*?)(?:'|\))", text)
+    return f"{reason.group(1)}: {reason.group(2)}" if reason else text[:200]
 
 
 _TYPES = {".mp4": "video/mp4", ".png": "image/png", ".jpg": "image/jpeg", ".json": "application/json",

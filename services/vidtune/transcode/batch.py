@@ -15,10 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument, JobCancelled, NotFound
+from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import media_type
 from vidtune.platform.storage import Storage, basename, is_s3, join, normalise
 
-from .encode import encode_image, encode_video, stop_all_encoders
+from .encode import encode_image, encode_video
 from .profiles import Profile
 
 META_DIR = "_meta"  # per-output facts, so a resumed batch reports skipped items without re-probing
@@ -120,7 +121,7 @@ def meta_uri(output_root: str, out: str) -> str:
 
 
 def transcode_item(storage: Storage, item: Item, output_root: str, profile: Profile,
-                   scratch: Path | None = None) -> ItemResult:
+                   scratch: Path | None = None, processes: ChildProcesses | None = None) -> ItemResult:
     """Transcode one input; never raises for a bad input, returns a failed result with the reason."""
     t0 = time.monotonic()
     out = output_uri(item, output_root, profile)
@@ -135,7 +136,7 @@ def transcode_item(storage: Storage, item: Item, output_root: str, profile: Prof
             raise InvalidArgument(f"{item.input}: not a video or image file name")
         with storage.local_copy(item.input, scratch) as src, storage.staged_output(out, scratch) as dst:
             encode = encode_image if item.kind == "image" else encode_video
-            r = encode(Path(src), Path(dst), profile, item.input)
+            r = encode(Path(src), Path(dst), profile, item.input, processes)
         res.width, res.height, res.duration, res.fps, res.encoder = r.width, r.height, r.duration, r.fps, r.encoder
         res.seconds = round(time.monotonic() - t0, 3)
         storage.write_text(meta, res.as_json(), "application/json")
@@ -151,8 +152,12 @@ def transcode_item(storage: Storage, item: Item, output_root: str, profile: Prof
 def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile: Profile, workers: int = 2,
               report_uri: str | None = None, scratch: Path | None = None,
               progress: Callable[[int, int, str], None] = lambda d, t, m: None,
-              cancelled: Callable[[], bool] = lambda: False, shard: tuple[int, int] | None = None) -> BatchSummary:
+              cancelled: Callable[[], bool] = lambda: False, shard: tuple[int, int] | None = None,
+              processes: ChildProcesses | None = None) -> BatchSummary:
     """Transcode every input on a pool of `workers`, writing a JSONL report (one line per input, in input order).
+
+    When `cancelled()` turns true no new input is started; the ones in flight finish (a drain) unless
+    their encoders were killed (a cancel kills the job's `processes`), then JobCancelled is raised.
 
     `shard=(index, count)` keeps every count-th input from index on: one pod's share of an Indexed Job.
     """
@@ -171,7 +176,8 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
         while next_i < total or pending:
             # Keep at most `workers` items in flight, so a cancel leaves little to undo.
             while next_i < total and len(pending) < max(1, workers):
-                pending[pool.submit(transcode_item, storage, items[next_i], output_root, profile, scratch)] = next_i
+                pending[pool.submit(transcode_item, storage, items[next_i], output_root, profile, scratch,
+                                    processes)] = next_i
                 next_i += 1
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -180,9 +186,6 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
                 word = "skipped" if r.skipped else r.status
                 progress(len(results), total, f"{word}: {basename(r.input)}")
             if cancelled():
-                stop_all_encoders()
-                for fut in pending:
-                    fut.cancel()
                 raise JobCancelled(f"cancelled after {len(results)} of {total} inputs")
     ordered = [results[i] for i in range(total)]
     storage.write_text(report_uri, "".join(r.as_json() + "\n" for r in ordered), "application/x-ndjson")

@@ -18,14 +18,10 @@ from pathlib import Path
 import ffmpeg
 
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
+from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import SAFE_DEMUXERS, VideoInfo, probe_video
 
 from .profiles import Profile
-
-# Child processes started by encode_video, so a cancelled job can stop them at once.
-_running: set[subprocess.Popen] = set()
-_running_lock = threading.Lock()
-
 
 def ffmpeg_binary() -> str:
     found = os.environ.get("VIDTUNE_FFMPEG") or shutil.which("ffmpeg")
@@ -88,13 +84,14 @@ def video_command(src: Path, dst: Path, profile: Profile, source: VideoInfo, enc
     return [args[0], "-hide_banner", "-nostdin", "-loglevel", "error", *args[1:]]
 
 
-def run_ffmpeg(cmd: list[str], timeout: float, label: str) -> None:
-    """Run ffmpeg with a timeout, no stdin and no proxy settings; errors name the input and ffmpeg's reason."""
+def run_ffmpeg(cmd: list[str], timeout: float, label: str, processes: ChildProcesses | None = None) -> None:
+    """Run ffmpeg with a timeout, no stdin and no proxy settings; errors name the input and ffmpeg's reason.
+    The process joins `processes` (its job's), so stopping that job stops it and no other job's."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    processes = processes or ChildProcesses()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env, start_new_session=True)
-    with _running_lock:
-        _running.add(proc)
+    processes.add(proc)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -102,8 +99,7 @@ def run_ffmpeg(cmd: list[str], timeout: float, label: str) -> None:
         proc.communicate()
         raise InvalidArgument(f"{label}: ffmpeg did not finish within {timeout:.0f} s") from None
     finally:
-        with _running_lock:
-            _running.discard(proc)
+        processes.discard(proc)
     if proc.returncode != 0:
         lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
         reason = "; ".join(lines[-3:]) or f"exit code {proc.returncode}"
@@ -112,31 +108,21 @@ def run_ffmpeg(cmd: list[str], timeout: float, label: str) -> None:
         raise InvalidArgument(f"{label}: ffmpeg failed: {reason}")
 
 
-def stop_all_encoders() -> None:
-    """Kill every ffmpeg this process started (a cancelled job does not wait for them)."""
-    with _running_lock:
-        procs = list(_running)
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def encode_timeout(duration: float) -> float:
     """Generous for a CPU encoder on a busy node, still bounded: 2 minutes plus 4x real time."""
     base = float(os.environ.get("VIDTUNE_FFMPEG_TIMEOUT_BASE", "120"))
     return base + 4.0 * max(duration, 0.0)
 
 
-def encode_video(src: Path, dst: Path, profile: Profile, label: str) -> EncodeResult:
+def encode_video(src: Path, dst: Path, profile: Profile, label: str,
+                 processes: ChildProcesses | None = None) -> EncodeResult:
     source = probe_video(src, label)
     if source.duration <= 0 and source.frames <= 0:
         raise InvalidArgument(f"{label}: video has no duration and no frames")
     binary = ffmpeg_binary()
     encoder = choose_encoder(binary)
     cmd = video_command(src, dst, profile, source, encoder, binary)
-    run_ffmpeg(cmd, encode_timeout(source.duration), label)
+    run_ffmpeg(cmd, encode_timeout(source.duration), label, processes)
     out = probe_video(dst, f"{label} (output)")
     if out.frames <= 0 or out.duration <= 0:
         raise InvalidArgument(f"{label}: ffmpeg wrote no frames (the source may be truncated)")
@@ -159,7 +145,8 @@ def letterbox(image, width: int, height: int):
     return canvas
 
 
-def encode_image(src: Path, dst: Path, profile: Profile, label: str) -> EncodeResult:
+def encode_image(src: Path, dst: Path, profile: Profile, label: str,
+                 processes: ChildProcesses | None = None) -> EncodeResult:
     import cv2
 
     # IMREAD_COLOR applies EXIF orientation and gives 8-bit BGR from 16-bit, grey or alpha images.

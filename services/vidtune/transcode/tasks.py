@@ -30,7 +30,7 @@ def transcode_batch(ctx: JobContext) -> dict:
     ctx.set_result(report=report)
     summary = run_batch(ctx.storage, list(spec["inputs"]), spec["output"], profile, workers=int(spec.get("workers") or 2),
                         report_uri=report, scratch=ctx.scratch, progress=ctx.progress, cancelled=ctx.cancelled,
-                        shard=shard)
+                        shard=shard, processes=ctx.processes)
     ctx.set_result(**summary.as_dict())
     require_output(summary)
     return summary.as_dict() | {"profile": profile.name, "output": spec["output"]}
