@@ -83,7 +83,7 @@ def test_submit_sends_absolute_paths_and_failures_read_as_failures(transcode_ser
 
     rec = new_record("transcode", "transcode.batch", {"inputs": ["x"], "output": "y"})
     rec["state"] = CANCELLED
-    JobStore(storage, jobs_root, "transcode").save(rec)
+    JobStore(storage, jobs_root, "transcode").create(rec)
     assert main(["jobs", "watch", rec["id"]]) == 1
 
 
