@@ -16,7 +16,10 @@ class FakeTasks:
     """A tasks module whose one job kind notes which rank ran it and reports progress."""
 
     def __init__(self):
+        from vidtune.platform.kinds import JobKind
+
         self.runs: list[dict] = []
+        self.KINDS = [JobKind("evaluate.compare", self.handler, required=("scores",))]
         self.HANDLERS = {"evaluate.compare": self.handler}
 
     def handler(self, ctx):

@@ -173,12 +173,15 @@ def _record_from_spec(storage, store, args, create: bool) -> dict:
     from vidtune.platform.jobs import new_record
     from vidtune.registry import module
 
-    handlers = module(args.service, "tasks").HANDLERS
-    if args.kind not in handlers:
-        raise InvalidArgument(f"--kind {args.kind!r} is not a {args.service} job kind; known: {sorted(handlers)}")
+    from vidtune.platform.kinds import by_name
+
+    kinds = by_name(module(args.service, "tasks").KINDS)
+    if args.kind not in kinds:
+        raise InvalidArgument(f"--kind {args.kind!r} is not a {args.service} job kind; known: {sorted(kinds)}")
     spec = yaml.safe_load(storage.read_text(args.spec))
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{args.spec}: the spec must be a mapping")
+    kinds[args.kind].validate(spec)  # a spec file enters here: validated as a Submit would be
     record = new_record(args.service, args.kind, spec, backend="kubernetes")
     record["id"] = args.job_id
     if not create:

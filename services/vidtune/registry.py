@@ -1,5 +1,6 @@
-"""The services vidtune is made of. Each is a package with the same shape: tasks.HANDLERS (job kinds),
-service.definition() (the gRPC servicers) and cli.register() (its `vidtune <name> ...` commands).
+"""The services vidtune is made of. Each is a package with the same shape: tasks.KINDS (one declaration per
+job kind, see platform/kinds.py), service.definition() (the gRPC servicers, generic over the kinds) and
+cli.register() (its `vidtune <name> ...` commands).
 Imports are lazy so a command pays only for the service it uses (training pulls in torch)."""
 from __future__ import annotations
 

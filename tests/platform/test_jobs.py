@@ -244,3 +244,35 @@ def test_list_pages_newest_first_and_filters(storage, jobs_root):
     assert [r["id"] for r in page] == [recs[2]["id"], recs[1]["id"]]
     assert [r["id"] for r in m.list(kind="t.a")[0]] == [recs[3]["id"], recs[1]["id"]]
     assert [r["id"] for r in m.list(labels={"team": "y"})[0]] == [recs[4]["id"], recs[3]["id"]]
+
+
+def test_cancelling_one_job_stops_its_own_subprocesses_only(storage, jobs_root):
+    """Two jobs on one server, each with a child process: a cancel kills the cancelled job's child alone."""
+    import subprocess
+
+    started = {}
+
+    def handler(ctx):
+        proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        ctx.processes.add(proc)
+        started[ctx.job_id] = proc
+        while proc.poll() is None:
+            ctx.check_cancelled()
+            time.sleep(0.05)
+        return {}
+
+    m = JobManager("transcode", storage, jobs_root, {"t.child": handler}, workers=2)
+    m.start()
+    try:
+        a, b = m.submit("t.child", {}), m.submit("t.child", {})
+        deadline = time.monotonic() + 20
+        while len(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        m.cancel(a["id"])
+        assert list(m.watch(a["id"], timeout=20))[-1]["state"] == CANCELLED
+        assert started[a["id"]].wait(5) is not None
+        assert started[b["id"]].poll() is None, "the other job's process was killed"
+        started[b["id"]].kill()
+        assert list(m.watch(b["id"], timeout=20))[-1]["state"] == SUCCEEDED
+    finally:
+        m.stop()

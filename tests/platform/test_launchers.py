@@ -120,11 +120,11 @@ def test_local_launcher_runs_a_worker_subprocess(storage, jobs_root, tmp_path, s
     """`vidtune worker` in a child process takes the record to its end and logs to <log dir>/<id>.log."""
     manager = JobManager("evaluate", storage, jobs_root, {"evaluate.compare": dict},
                          launchers={"local": launchers.local_launcher("evaluate", tmp_path / "logs")})
-    # No scores exist: the worker must run the real handler and record its clear failure.
+    # No scores exist (the spec skipped the edge validation): the worker runs the real handler and records its clear failure.
     rec = manager.submit("evaluate.compare", {"scores": [], "output": ""}, backend="local")
     assert rec["labels"]["pid"]
     final = list(manager.watch(rec["id"], timeout=120))[-1]
-    assert final["state"] == FAILED and "scores: required" in final["error"]["message"]
+    assert final["state"] == FAILED and "no scored videos" in final["error"]["message"]
     assert (tmp_path / "logs" / f"{rec['id']}.log").exists()
 
 

@@ -99,3 +99,19 @@ def test_bucket_count_is_not_capped_by_free_disk(object_store, storage):
         storage.ensure_bucket(uri)
         storage.write_bytes(uri, b"x")
         assert storage.read_bytes(uri) == b"x"
+
+
+def test_an_unreachable_store_is_unavailable_in_one_line_after_the_patience():
+    import time
+
+    from vidtune.platform.errors import Unavailable
+    from vidtune.platform.objectstore import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there
+    dead = Storage(S3Config(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key="b", outage_seconds=60))
+    assert not dead.reachable(timeout=0.5)
+    t0 = time.monotonic()
+    with dead.patience(1.0), pytest.raises(Unavailable) as e:
+        dead.write_text("s3://vidtune/x.txt", "x")
+    assert time.monotonic() - t0 < 15
+    assert f"object store 127.0.0.1:{port} unreachable" in str(e.value) and "\n" not in str(e.value)

@@ -94,18 +94,14 @@ def _compare_spec(args) -> dict:
             "no_contact_sheets": args.no_contact_sheets}
 
 
-_LOCATIONS = ("prompts", "output", "weights", "videos", "clip_weights", "i3d", "reference", "grades")
-
-
 def _submit(args, rpc_name: str, request_cls: str, spec: dict) -> int:
+    from vidtune.platform.storage import absolute, absolute_locations
     from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
-    from vidtune.platform.storage import absolute
+    from .tasks import KINDS
 
     # The service may run in another directory: local paths are sent absolute.
-    spec = {k: absolute(v) if k in _LOCATIONS else v for k, v in spec.items()}
-    if "scores" in spec:
-        spec["scores"] = [absolute(v) for v in spec["scores"]]
+    spec = absolute_locations(spec, next(k for k in KINDS if k.rpc == rpc_name).locations)
     if "checkpoints" in spec:  # 'base', a path, or label=path
         spec["checkpoints"] = [c if c == "base" else "=".join([*c.split("=")[:-1], absolute(c.split("=")[-1])])
                                for c in spec["checkpoints"]]

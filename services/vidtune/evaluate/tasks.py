@@ -11,12 +11,7 @@ from __future__ import annotations
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
-
-
-def _require(spec: dict, *names: str) -> None:
-    missing = [n for n in names if not spec.get(n)]
-    if missing:
-        raise InvalidArgument("; ".join(f"{n}: required" for n in missing))
+from vidtune.platform.kinds import JobKind, handlers
 
 
 def generation_settings(spec: dict):
@@ -45,23 +40,21 @@ def score_settings(spec: dict):
         device=spec.get("device") or d.device)
 
 
-def spec_errors(kind: str, spec: dict) -> list[str]:
-    """Problems a service can report before queueing the job."""
-    need = {"evaluate.generate": ("prompts", "checkpoints", "output"), "evaluate.score": ("videos", "output"),
-            "evaluate.compare": ("scores", "output")}[kind]
-    errors = [f"{n}: required" for n in need if not spec.get(n)]
-    if kind == "evaluate.generate" and not errors:
-        try:
-            generation_settings(spec).validate()
-        except InvalidArgument as e:
-            errors.append(str(e))
-    return errors
+def _generate_problems(spec: dict) -> list[str]:
+    try:
+        generation_settings(spec).validate()
+    except InvalidArgument as e:
+        return [str(e)]
+    # Checkpoints may be the word "base" or "label=URI"; the URIs are storage locations.
+    from vidtune.platform.storage import require_object_uris
+
+    require_object_uris([c.split("=", 1)[-1] for c in spec.get("checkpoints") or [] if c != "base"], "checkpoints")
+    return []
 
 
 def generate(ctx: JobContext) -> dict:
     from .generate import generate_samples
 
-    _require(ctx.spec, "prompts", "checkpoints", "output")
     ctx.set_result(videos=ctx.spec["output"])
     summary = generate_samples(ctx.spec["prompts"], list(ctx.spec["checkpoints"]), ctx.spec["output"],
                                generation_settings(ctx.spec), ctx.storage, ctx.progress, ctx.check_cancelled,
@@ -75,7 +68,6 @@ def score(ctx: JobContext) -> dict:
 
     from .scoring import score_videos
 
-    _require(ctx.spec, "videos", "output")
     out = ctx.spec["output"]
     ctx.set_result(scores=out)
     summary = score_videos(ctx.spec["videos"], out, ctx.spec.get("prompts") or None, score_settings(ctx.spec),
@@ -87,7 +79,6 @@ def score(ctx: JobContext) -> dict:
 def compare(ctx: JobContext) -> dict:
     from .compare import compare_scores
 
-    _require(ctx.spec, "scores", "output")
     scores = ctx.spec["scores"]
     res = compare_scores([scores] if isinstance(scores, str) else list(scores), ctx.spec["output"],
                          ctx.spec.get("baseline") or "base", ctx.spec.get("grades") or None, ctx.storage,
@@ -95,4 +86,32 @@ def compare(ctx: JobContext) -> dict:
     return {"report": res["report"], "markdown": res["markdown"], "json": res["json"]}
 
 
-HANDLERS = {"evaluate.generate": generate, "evaluate.score": score, "evaluate.compare": compare}
+def evaluate_placement(record: dict) -> dict:
+    """Kubernetes Job overrides of an evaluation record: one GPU for generation (one pipeline on one
+    device), none for scoring and comparison."""
+    from vidtune.platform.launchers import timeout_of
+
+    return {"gpus": 1 if record["kind"] == "evaluate.generate" else 0,
+            "active_deadline_seconds": int(timeout_of(record["spec"]))}
+
+
+def _generate_spec(request) -> dict:
+    from vidtune.platform.server import proto_to_dict
+
+    spec = proto_to_dict(request)
+    if spec.get("backend") == "kubernetes":
+        spec.setdefault("device", "cuda")  # the pod sits on a GPU node: use it
+    return spec
+
+
+KINDS = [
+    JobKind("evaluate.generate", generate, rpc="SubmitGenerate", required=("prompts", "checkpoints", "output"),
+            locations=("prompts", "output", "weights"), check=_generate_problems, to_spec=_generate_spec,
+            placement=evaluate_placement),
+    JobKind("evaluate.score", score, rpc="SubmitScore", required=("videos", "output"),
+            locations=("videos", "output", "prompts", "clip_weights", "i3d", "reference", "grades"),
+            placement=evaluate_placement),
+    JobKind("evaluate.compare", compare, rpc="SubmitCompare", required=("scores", "output"),
+            locations=("scores", "output", "grades"), placement=evaluate_placement),
+]
+HANDLERS = handlers(KINDS)

@@ -117,12 +117,13 @@ class InProcess:
 
     def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
         from vidtune.platform.jobs import new_record, run_in_process
+        from vidtune.platform.kinds import by_name
         from vidtune.registry import module
 
-        handler = module(stage.service, "tasks").HANDLERS[stage.kind]
-        record = new_record(stage.service, stage.kind, spec)
+        kind = by_name(module(stage.service, "tasks").KINDS)[stage.kind]
+        record = new_record(stage.service, stage.kind, kind.validate(spec))
         with tempfile.TemporaryDirectory(prefix=f"vt-pipeline-{stage.name}-") as scratch:
-            result = run_in_process(record, handler, self.storage, Path(scratch), self.progress(stage.name))
+            result = run_in_process(record, kind.handler, self.storage, Path(scratch), self.progress(stage.name))
         return {**record["result"], **result}  # with what the handler set as it went (set_result)
 
 

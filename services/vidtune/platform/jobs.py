@@ -695,7 +695,8 @@ class JobManager:
         if problems:
             raise InvalidArgument("; ".join(problems))
         rec = new_record(self.service, kind, spec, backend, labels)
-        self.store.create(rec)  # before launching: the launched worker loads it
+        with self.storage.patience(5.0):  # a caller is waiting: UNAVAILABLE soon rather than a hung call
+            self.store.create(rec)  # before launching: the launched worker loads it
         self.index.put(rec)
         if backend == "inprocess":
             self._enqueue(rec["id"])

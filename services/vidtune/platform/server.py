@@ -388,15 +388,18 @@ class ServiceDefinition:
     extra_stop: list[Callable[[], None]] = field(default_factory=list)
 
 
-def job_service(name: str, handlers: dict, servicer_class: type, add_servicer: Callable, proto_service,
-                storage: Storage | None = None, job_workers: int = 1, placement=None) -> ServiceDefinition:
-    """The definition of a service whose RPCs submit jobs: its JobManager and servicer. With a `placement`,
-    its jobs can also run as workers (local subprocess, Kubernetes Job) and a reconciler follows them."""
+def job_service(name: str, kinds: list, servicer_base: type, add_servicer: Callable, proto_service,
+                storage: Storage | None = None, job_workers: int = 1) -> ServiceDefinition:
+    """The definition of a service whose RPCs submit jobs, from its job kinds' declarations: its
+    JobManager and servicer. When a kind says where its workers run (`placement`), the service's jobs can
+    also run as workers (local subprocess, Kubernetes Job) and a reconciler follows them."""
+    from .kinds import handlers, placement_of, submit_servicer
     from .launchers import service_launchers, start_reconciler
 
-    launchers = service_launchers(name, placement) if placement else {}
-    manager = JobManager(name, storage or Storage(), jobs_root(), handlers, workers=job_workers, launchers=launchers)
-    return ServiceDefinition(name=name, servicers=[(add_servicer, servicer_class(manager))],
+    launchers = service_launchers(name, placement_of(kinds)) if any(k.placement for k in kinds) else {}
+    manager = JobManager(name, storage or Storage(), jobs_root(), handlers(kinds), workers=job_workers,
+                         launchers=launchers)
+    return ServiceDefinition(name=name, servicers=[(add_servicer, submit_servicer(servicer_base, kinds)(manager))],
                              proto_services=[proto_service.full_name], manager=manager,
                              extra_stop=start_reconciler(manager.store, launchers))
 

@@ -104,6 +104,12 @@ def absolute(location: str) -> str:
     return os.path.abspath(location)
 
 
+def absolute_locations(spec: dict, fields) -> dict:
+    """A spec with the local paths among its location `fields` made absolute (lists element by element)."""
+    return {k: ([absolute(x) for x in v] if isinstance(v, (list, tuple)) else absolute(v)) if k in fields else v
+            for k, v in spec.items()}
+
+
 def basename(uri: str) -> str:
     return str(uri).rstrip("/").rsplit("/", 1)[-1]
 
@@ -170,6 +176,12 @@ class Storage:
                       region=self.config.region, http_client=_http_pool()),
                 self.config.endpoint, self.config.outage_seconds)
         return self._client
+
+    @contextlib.contextmanager
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Calls from this thread wait at most `seconds` for an unreachable store, then fail UNAVAILABLE."""
+        with self.client.patience(seconds):
+            yield
 
     def reachable(self, timeout: float = 2.0) -> bool:
         """One quick round trip to the object store, no retries: health checks use it."""
@@ -268,20 +280,7 @@ class Storage:
             if not p.exists():
                 raise NotFound(f"{uri} does not exist")
             return p.read_bytes()
-        from minio.error import S3Error
-
-        bucket, key = self._split(uri)
-        try:
-            resp = self.client.get_object(bucket, key)
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchBucket"):
-                raise NotFound(f"{uri} does not exist") from None
-            raise
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        return self.read_versioned(uri)[0]
 
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
@@ -417,14 +416,14 @@ class Storage:
 
 def _http_pool():
     """minio's own pool settings, with room for a job's parallel transfers and a short connect timeout
-    (a store that does not answer is retried by RetryingClient, not waited on for minutes)."""
+    (a store that does not answer is retried by RetryingClient, with backoff, not waited on for minutes)."""
     import certifi
     import urllib3
 
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=10, read=300), maxsize=32, cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+        retries=urllib3.Retry(total=5, connect=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
 
 
 def _content_version(data: bytes) -> str:
@@ -471,9 +470,21 @@ class RetryingClient:
 
     def __init__(self, minio, endpoint: str, outage_seconds: float):
         self._minio, self._endpoint, self._outage = minio, endpoint, outage_seconds
+        self._patience = threading.local()
+
+    @contextlib.contextmanager
+    def patience(self, seconds: float):
+        """Wait at most `seconds` for an unreachable store in this thread (a caller waiting on an RPC)."""
+        before = getattr(self._patience, "seconds", None)
+        self._patience.seconds = seconds
+        try:
+            yield
+        finally:
+            self._patience.seconds = before
 
     def _call(self, fn, *args, **kwargs):
-        deadline = time.monotonic() + self._outage
+        patience = getattr(self._patience, "seconds", None)
+        deadline = time.monotonic() + (self._outage if patience is None else patience)
         delay, warned = 0.5, False
         while True:
             try:
@@ -485,7 +496,7 @@ class RetryingClient:
                     raise Unavailable(f"object store {self._endpoint} unreachable: {_short(e)}") from None
                 if not warned:
                     log.warning("object store %s unreachable (%s); retrying for up to %.0f s",
-                                self._endpoint, _short(e), self._outage)
+                                self._endpoint, _short(e), deadline - time.monotonic())
                     warned = True
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)

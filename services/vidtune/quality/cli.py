@@ -10,7 +10,6 @@ import json
 import sys
 
 from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
-from vidtune.platform.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,40 +146,31 @@ def spec_from_args(args) -> dict:
             "val_ratio": args.val_ratio, "seed": args.seed, "max_tokens": args.max_tokens, "workers": args.workers}
 
 
-_REQUESTS = {"ingest": ("IngestRequest", "SubmitIngest"), "probe": ("ProbeRequest", "SubmitProbe"),
-             "filter": ("FilterRequest", "SubmitFilter"), "stats": ("StatsRequest", "SubmitStats"),
-             "split": ("SplitRequest", "SubmitSplit"), "subset": ("SubsetRequest", "SubmitSubset"),
-             "export": ("ExportRequest", "SubmitExport"), "run": ("RunQualityRequest", "SubmitRun")}
-
-
 def cmd_step(args) -> int:
+    from vidtune.platform.kinds import by_name
+    from vidtune.platform.storage import join
+
+    from .tasks import KINDS
+
     spec = spec_from_args(args)
+    kind = by_name(KINDS)[f"quality.{args.kind}"]
     if args.submit:
         from vidtune.v1 import quality_pb2, quality_pb2_grpc
 
-        from vidtune.platform.storage import absolute
+        from vidtune.platform.storage import absolute_locations
 
-        from .service import LOCATIONS
-
-        message, method = _REQUESTS[args.kind]
+        # The request message is the input type of the kind's Submit RPC.
+        method = quality_pb2.DESCRIPTOR.services_by_name["QualityService"].methods_by_name[kind.rpc]
         # The service may run in another directory: local paths are sent absolute.
-        request = getattr(quality_pb2, message)(**{k: absolute(v) if k in LOCATIONS else v for k, v in spec.items()})
+        request = getattr(quality_pb2, method.input_type.name)(**absolute_locations(spec, kind.locations))
         return submit_and_follow("quality", args, lambda c: getattr(c.stub(quality_pb2_grpc.QualityServiceStub),
-                                                                    method)(request, metadata=c.metadata,
-                                                                            timeout=c.timeout))
-    import tempfile
-    from pathlib import Path
+                                                                    kind.rpc)(request, metadata=c.metadata,
+                                                                              timeout=c.timeout))
+    from vidtune.platform.kinds import run_job
 
-    from vidtune.platform.jobs import new_record, run_in_process
-    from vidtune.platform.storage import join
-
-    from .tasks import HANDLERS
-
-    # In-process: the same handler a job runs, with a context that reports to a progress bar.
-    with CliProgress(f"quality {args.kind}", enabled=not args.quiet) as bar, \
-            tempfile.TemporaryDirectory(prefix="vt-quality-") as scratch:
-        result = run_in_process(new_record("quality", f"quality.{args.kind}", spec),
-                                HANDLERS[f"quality.{args.kind}"], Storage(), Path(scratch), bar)
+    # In-process: the same validation and handler a job runs, reporting to a progress bar.
+    with CliProgress(f"quality {args.kind}", enabled=not args.quiet) as bar:
+        result = run_job(kind, spec, bar)
     if args.kind == "run":
         print(f"{result['rows_in']} rows: {result['clean']} clean, {result['rejected']} rejected; "
               f"report: {join(spec['output'], 'report.json')}", file=sys.stderr)

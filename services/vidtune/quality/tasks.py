@@ -6,8 +6,9 @@ killed and resumed job neither loses nor repeats work.
 """
 from __future__ import annotations
 
-from vidtune.platform.errors import FailedPrecondition, InvalidArgument
+from vidtune.platform.errors import FailedPrecondition
 from vidtune.platform.jobs import JobContext
+from vidtune.platform.kinds import JobKind, handlers
 from vidtune.platform.storage import join
 
 from . import pipeline
@@ -19,24 +20,23 @@ from .stats import CONTENT_SAMPLE
 DEFAULT_WORKERS = 2
 
 
-def spec_errors(kind: str, spec: dict) -> list[str]:
-    """What is wrong with a spec before it is queued (also used by the gRPC layer)."""
-    need = {"quality.ingest": ("source",), "quality.probe": ("store", "version"),
-            "quality.filter": ("store", "version"), "quality.stats": ("store", "version", "output"),
-            "quality.split": ("store", "version"), "quality.subset": ("store", "version", "size"),
-            "quality.export": ("store", "version", "output"), "quality.run": ("source", "output")}[kind]
-    errors = [f"{n}: required" for n in need if not spec.get(n)]
-    if kind == "quality.split" and not 0 <= float(spec.get("val_ratio") or 0) < 1:
-        errors.append("val_ratio: must be in [0, 1)")
-    if kind == "quality.subset" and int(spec.get("size") or 0) < 0:
-        errors.append("size: must be positive")
-    return errors
+def _split_problems(spec: dict) -> list[str]:
+    return [] if 0 <= float(spec.get("val_ratio") or 0) < 1 else ["val_ratio: must be in [0, 1)"]
 
 
-def _check(kind: str, spec: dict) -> None:
-    errors = spec_errors(kind, spec)
-    if errors:
-        raise InvalidArgument("; ".join(errors))
+def _subset_problems(spec: dict) -> list[str]:
+    problems = [] if int(spec.get("size") or 0) >= 0 else ["size: must be positive"]
+    if sum((spec.get("proportions") or {}).values()) > 1.0 + 1e-6:
+        problems.append("proportions: must sum to at most 1")
+    return problems
+
+
+def _filter_problems(spec: dict) -> list[str]:
+    if spec.get("rules_yaml"):
+        from .rules import parse_rules
+
+        parse_rules(spec["rules_yaml"], "rules_yaml")  # a bad rules text fails the call, not the job
+    return []
 
 
 def _store(ctx: JobContext) -> ManifestStore:
@@ -45,7 +45,6 @@ def _store(ctx: JobContext) -> ManifestStore:
 
 def quality_ingest(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.ingest", spec)
     root = spec.get("root") or None
     store = ManifestStore(spec.get("store") or join(root or default_root(spec["source"]), "manifests"), ctx.storage)
     v = pipeline.step_ingest(store, spec["source"], root, spec.get("mapping") or None, spec.get("format") or "auto",
@@ -56,7 +55,6 @@ def quality_ingest(ctx: JobContext) -> dict:
 
 def quality_probe(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.probe", spec)
     settings = ProbeSettings(scores=not spec.get("metadata_only"))
     v, stats = pipeline.step_probe(_store(ctx), spec["version"], settings,
                                    int(spec.get("workers") or DEFAULT_WORKERS), spec.get("cache") or None,
@@ -67,7 +65,6 @@ def quality_probe(ctx: JobContext) -> dict:
 
 def quality_filter(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.filter", spec)
     store = _store(ctx)
     clean, rejected, report = pipeline.step_filter(store, spec["version"], spec.get("rules") or None,
                                                    rules_text=spec.get("rules_yaml") or None)
@@ -80,7 +77,6 @@ def quality_filter(ctx: JobContext) -> dict:
 
 def quality_stats(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.stats", spec)
     uris = pipeline.step_stats(_store(ctx), spec["version"], spec["output"],
                                content_sample=int(spec.get("content_sample") or CONTENT_SAMPLE))
     return {"markdown": uris["markdown"], "html": uris["html"], "json": uris["json"]}
@@ -88,7 +84,6 @@ def quality_stats(ctx: JobContext) -> dict:
 
 def quality_split(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.split", spec)
     v = pipeline.step_split(_store(ctx), spec["version"], float(spec.get("val_ratio") or 0.1),
                             int(spec.get("seed") or 0), tuple(spec.get("stratify") or ("category", "media_type")))
     return {"version": v.id, "manifest": v.uri, "rows": v.rows, "splits": v.record.get("splits", {})}
@@ -96,7 +91,6 @@ def quality_split(ctx: JobContext) -> dict:
 
 def quality_subset(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.subset", spec)
     proportions = "balanced" if spec.get("balanced") else (dict(spec.get("proportions") or {}) or None)
     v = pipeline.step_subset(_store(ctx), spec["version"], int(spec["size"]), proportions,
                              int(spec.get("seed") or 0), spec.get("column") or "category")
@@ -106,7 +100,6 @@ def quality_subset(ctx: JobContext) -> dict:
 
 def quality_export(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.export", spec)
     res = pipeline.step_export(_store(ctx), spec["version"], spec["output"], int(spec.get("max_tokens") or 512),
                                spec.get("tokenizer") or None, not spec.get("manifest_only"),
                                int(spec.get("workers") or 4), str(ctx.scratch), ctx.progress, ctx.cancelled)
@@ -123,7 +116,6 @@ def no_clean_rows(report: dict, out: str) -> str:
 
 def quality_run(ctx: JobContext) -> dict:
     spec = ctx.spec
-    _check("quality.run", spec)
     out = spec["output"]
     ctx.set_result(report=join(out, "report.json"))
     report = pipeline.run_quality(
@@ -143,8 +135,22 @@ def quality_run(ctx: JobContext) -> dict:
             "export": (report["export"] or {}).get("output", "")}
 
 
-HANDLERS = {
-    "quality.ingest": quality_ingest, "quality.probe": quality_probe, "quality.filter": quality_filter,
-    "quality.stats": quality_stats, "quality.split": quality_split, "quality.subset": quality_subset,
-    "quality.export": quality_export, "quality.run": quality_run,
-}
+# Spec fields that name storage locations: a remote caller may only point them at the object store.
+_LOCATIONS = ("source", "store", "root", "mapping", "rules", "output", "report", "cache", "tokenizer", "transcoded")
+
+
+def _kind(verb: str, handler, rpc: str, required: tuple[str, ...], check=None) -> JobKind:
+    return JobKind(f"quality.{verb}", handler, rpc=rpc, required=required, locations=_LOCATIONS, check=check)
+
+
+KINDS = [
+    _kind("ingest", quality_ingest, "SubmitIngest", ("source",)),
+    _kind("probe", quality_probe, "SubmitProbe", ("store", "version")),
+    _kind("filter", quality_filter, "SubmitFilter", ("store", "version"), _filter_problems),
+    _kind("stats", quality_stats, "SubmitStats", ("store", "version", "output")),
+    _kind("split", quality_split, "SubmitSplit", ("store", "version"), _split_problems),
+    _kind("subset", quality_subset, "SubmitSubset", ("store", "version", "size"), _subset_problems),
+    _kind("export", quality_export, "SubmitExport", ("store", "version", "output")),
+    _kind("run", quality_run, "SubmitRun", ("source", "output")),
+]
+HANDLERS = handlers(KINDS)

@@ -73,12 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import load_config
-    from .runner import run_training
+    from vidtune.platform.kinds import run_job
 
-    cfg = load_config(_config_dict(args))
+    from .tasks import KINDS
+
+    config = _config_dict(args)
+    spec = {"preset": config.pop("preset", ""), "config": config, "dataset": args.dataset, "output": args.out,
+            "max_steps": args.max_steps}
     with CliProgress("train", "step", enabled=not args.quiet) as bar:
-        result = run_training(cfg, args.dataset, args.out, max_steps=args.max_steps or None, progress=bar)
+        result = run_job(KINDS[0], spec, bar)
     loss = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
     print(f"{result['steps']}/{result['total_steps']} steps, final loss {loss}; "
           f"LoRA: {result['lora']}; report: {result['report']}", file=sys.stderr)

@@ -6,10 +6,14 @@ or process died resumes at the step of its last saved state when it runs again.
 """
 from __future__ import annotations
 
+import copy
+import json
+
 import yaml
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
+from vidtune.platform.kinds import JobKind, handlers
 
 from .config import TrainConfig, load_config
 
@@ -20,11 +24,26 @@ def spec_errors(spec: dict) -> list[str]:
         errors.append("dataset: give the dataset directory or s3:// prefix (with metadata.csv)")
     if not spec.get("output"):
         errors.append("output: give the run's output directory or s3:// prefix")
+    if not errors:
+        config_of(spec)  # a bad config fails here, where the spec enters, not in the job
     return errors
 
 
 def config_of(spec: dict) -> TrainConfig:
-    """The validated config a spec describes: preset, then the config mapping/YAML on top."""
+    """The validated config a spec describes: preset, then the config mapping/YAML on top. Parsed once per
+    spec in a process (the servicer, the placement and the handler all ask for it)."""
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _configs:
+        if len(_configs) > 64:
+            _configs.clear()
+        _configs[key] = _parse_config(spec)
+    return copy.deepcopy(_configs[key])
+
+
+_configs: dict[str, TrainConfig] = {}
+
+
+def _parse_config(spec: dict) -> TrainConfig:
     raw = spec.get("config") or {}
     if isinstance(raw, str):
         raw = yaml.safe_load(raw) or {}
@@ -38,9 +57,6 @@ def config_of(spec: dict) -> TrainConfig:
 
 
 def train_run(ctx: JobContext) -> dict:
-    errors = spec_errors(ctx.spec)
-    if errors:
-        raise InvalidArgument("; ".join(errors))
     from .runner import run_training
 
     cfg = config_of(ctx.spec)
@@ -51,4 +67,22 @@ def train_run(ctx: JobContext) -> dict:
                         check_cancelled=ctx.check_cancelled, scratch=ctx.scratch)
 
 
-HANDLERS = {"train.run": train_run}
+def request_spec(request) -> dict:
+    """The job spec of a TrainRequest (typed numbers, empty fields left out)."""
+    spec = {"preset": request.preset, "config": request.config_yaml, "dataset": request.dataset,
+            "output": request.output, "max_steps": int(request.max_steps), "timeout_s": int(request.timeout_s),
+            "backend": request.backend}
+    return {k: v for k, v in spec.items() if v not in ("", 0)}
+
+
+def _placement(record: dict) -> dict:
+    from .placement import training_placement
+
+    return training_placement(record)
+
+
+KINDS = [
+    JobKind("train.run", train_run, rpc="SubmitTrain", locations=("dataset", "output"), check=spec_errors,
+            to_spec=request_spec, placement=_placement),
+]
+HANDLERS = handlers(KINDS)

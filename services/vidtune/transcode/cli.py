@@ -7,9 +7,8 @@ import os
 import sys
 
 from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
-from vidtune.platform.storage import Storage, absolute
 
-from .profiles import PROFILES, get_profile
+from .profiles import PROFILES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,33 +43,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     shard.set_defaults(func=cmd_run)
 
 
-def cmd_run(args) -> int:
-    from .batch import require_output, run_batch
-
-    profile = get_profile(args.profile, args.fps or None, args.max_duration or None)
-    shard = None
+def _spec(args) -> dict:
+    spec = {"inputs": args.input, "output": args.output, "profile": args.profile, "fps": args.fps,
+            "max_duration": args.max_duration, "workers": args.workers, "report": args.report or ""}
     if getattr(args, "shards", None):
         index = args.index if args.index is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
-        shard = (index, args.shards)
+        spec.update(shard_index=index, shard_count=args.shards)
+    return spec
+
+
+def cmd_run(args) -> int:
+    from vidtune.platform.kinds import run_job
+
+    from .tasks import KINDS
+
     with CliProgress("transcode", "file", enabled=not getattr(args, "quiet", False)) as bar:
-        summary = run_batch(Storage(), args.input, args.output, profile, workers=args.workers,
-                            report_uri=args.report, progress=bar, shard=shard)
-    print(f"{summary.ok} ok ({summary.skipped} already done), {summary.failed} failed of {summary.total}; "
-          f"report: {summary.report}", file=sys.stderr)
-    for r in summary.results:
-        if r.status != "ok":
-            print(f"  rejected {r.input}: {r.reason}", file=sys.stderr)
-    print(json.dumps(summary.as_dict(), ensure_ascii=False))
-    require_output(summary)
-    return 3 if summary.failed and getattr(args, "strict", False) else 0
+        result = run_job(KINDS[0], _spec(args), bar)
+    print(f"{result['ok']} ok ({result['skipped']} already done), {result['failed']} failed of {result['total']}; "
+          f"report: {result['report']}", file=sys.stderr)
+    for r in result["rejected"]:
+        print(f"  rejected {r['input']}: {r['reason']}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in result.items() if k != "rejected"}, ensure_ascii=False))
+    return 3 if result["failed"] and getattr(args, "strict", False) else 0
 
 
 def cmd_submit(args) -> int:
     from vidtune.v1 import transcode_pb2, transcode_pb2_grpc
 
+    from vidtune.platform.storage import absolute_locations
+
+    from .tasks import KINDS
+
     # The service may run in another directory: local paths are sent absolute.
-    request = transcode_pb2.TranscodeRequest(inputs=[absolute(i) for i in args.input], output=absolute(args.output),
-                                             profile=args.profile, fps=args.fps, max_duration=args.max_duration,
-                                             workers=args.workers, report=absolute(args.report or ""))
+    request = transcode_pb2.TranscodeRequest(**absolute_locations(_spec(args), KINDS[0].locations))
     return submit_and_follow("transcode", args, lambda c: c.stub(transcode_pb2_grpc.TranscodeServiceStub)
                              .SubmitTranscode(request, metadata=c.metadata, timeout=c.timeout))

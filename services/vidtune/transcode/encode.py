@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
