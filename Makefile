@@ -7,7 +7,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 PROTOS := $(wildcard protos/vidtune/v1/*.proto)
 STUBS := $(patsubst protos/%.proto,services/%_pb2.py,$(PROTOS))
 
-.PHONY: install system-deps protos demo test bench up down images clean
+.PHONY: install system-deps protos demo test bench chaos up down images clean
 
 install: $(VENV)/.installed protos
 
@@ -40,6 +40,10 @@ test: install
 
 bench: install
 	$(PY) -m bench.run
+
+# The job runtime against real replicas, a real store and ffmpeg: one table, non-zero exit if anything broke.
+chaos: install
+	$(PY) -m bench.chaos
 
 up: install
 	$(VENV)/bin/vidtune up

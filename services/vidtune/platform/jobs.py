@@ -645,8 +645,8 @@ class JobManager:
 
     # -- life cycle
     def start(self, resume: bool = True) -> None:
-        if resume:
-            self._scan_once()
+        """Start the workers, and (with `resume`) the scanner, whose first scan runs at once in its thread:
+        a replica that starts while the store is away answers its probes and picks its jobs up later."""
         for t in self._threads:
             t.start()
         if resume:
@@ -728,7 +728,8 @@ class JobManager:
     def list(self, kind: str = "", state: str = "", labels: dict | None = None, page_size: int = 100,
              page_token: str = "") -> tuple[list[dict], str]:
         if not self.index.filled.is_set():
-            self.index.refresh()
+            with self.storage.patience(5.0):  # the scanner has not filled the index yet
+                self.index.refresh()
         return self.index.page(kind, state, labels, page_size, page_token)
 
     def cancel(self, job_id: str) -> dict:
@@ -806,11 +807,13 @@ class JobManager:
                 self._enqueue(rec["id"])
 
     def _scan_loop(self) -> None:
-        while not self._stop.wait(self.scan_interval):
+        while True:
             try:
                 self._scan_once()
             except Exception as e:  # noqa: BLE001 - the store may be away; the next scan tries again
                 log.warning("%s: job scan failed: %s", self.service, e)
+            if self._stop.wait(self.scan_interval):
+                return
 
     def _notify(self, record: dict) -> None:
         copy = json.loads(json.dumps(record))

@@ -489,10 +489,12 @@ class Server:
 
     # -- life cycle (from any thread)
     def start(self) -> "Server":
+        """Bind and answer first (probes, reflection), then start the jobs: their first scan may wait on
+        the store."""
         self._thread.start()
+        self._on_loop(self._build(), timeout=30)
         if self.definition.manager is not None:
             self.definition.manager.start()
-        self._on_loop(self._build(), timeout=30)
         log.info("%s serving on port %d", self.definition.name, self.port, extra={"service": self.definition.name})
         return self
 
