@@ -7,15 +7,18 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 PROTOS := $(wildcard protos/vidtune/v1/*.proto)
 STUBS := $(patsubst protos/%.proto,services/%_pb2.py,$(PROTOS))
 
-.PHONY: install system-deps protos demo test bench chaos up down images clean
+.PHONY: install system-deps protos demo test bench chaos attack up down images clean
 
 install: $(VENV)/.installed protos
 
-# ffmpeg/ffprobe from Debian (the transcoder and probes), a Korean font for plots.
+# ffmpeg/ffprobe from Debian (the transcoder and probes), a Korean font for plots and pages, and
+# Debian's chromium + chromium-driver for the console's browser tests.
+SYSTEM_PACKAGES := ffmpeg fonts-nanum chromium chromium-driver
 system-deps:
-	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -qi nanum; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg fonts-nanum >/dev/null; \
-	  else echo "need ffmpeg and fonts-nanum: sudo apt-get install ffmpeg fonts-nanum" >&2; exit 1; fi; fi
+	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -qi nanum \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "need $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; fi
 
 # torch first, from the pinned build (see constraints.txt); DeepSpeed compiles against it.
 $(VENV)/.installed: pyproject.toml constraints.txt | system-deps
@@ -45,10 +48,16 @@ bench: install
 chaos: install
 	$(PY) -m bench.chaos
 
+# An attacker with a valid token against a private local stack configured as on a cluster (local paths off):
+# one row per attempt, refused or not, bytes of planted secrets leaked. Ports from ATTACK_BASE_PORT (52300).
+attack: install
+	PYTHONPATH=services $(PY) tests/security/attack.py --base-port $${ATTACK_BASE_PORT:-52300}
+
 up: install
 	$(VENV)/bin/vidtune up
-down:
+down:   # the developer's stack and the one `make demo` leaves serving the console
 	$(VENV)/bin/vidtune down
+	VIDTUNE_HOME=$(CURDIR)/demo-out/stack $(VENV)/bin/vidtune down
 
 images:
 	bash docker/build.sh

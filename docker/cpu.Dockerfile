@@ -20,6 +20,9 @@ RUN pip install "setuptools==84.2.1" "wheel==0.48.0" "packaging==26.3" \
  && pip install --index-url https://download.pytorch.org/whl/cpu \
       "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY pyproject.toml constraints.txt README.md ./
+# Every other Python dependency at the version the tests ran with (docker/lock.py writes the lock).
+COPY docker/requirements.lock ./docker/
+ENV PIP_CONSTRAINT=/src/docker/requirements.lock
 COPY protos ./protos
 COPY services ./services
 # gRPC stubs are generated here, not committed.

@@ -44,6 +44,9 @@ RUN pip install "setuptools==84.2.1" "wheel==0.48.0" "packaging==26.3" "ninja==1
  && python -c "import torch; arch = torch.cuda.get_arch_list() or torch._C._cuda_getArchFlags().split(); \
 assert 'sm_70' in arch, f'torch {torch.__version__} has no sm_70 kernels: {arch}'"
 COPY pyproject.toml constraints.txt README.md ./
+# Every other Python dependency at the version the tests ran with (docker/lock.py writes the lock).
+COPY docker/requirements.lock ./docker/
+ENV PIP_CONSTRAINT=/src/docker/requirements.lock
 COPY protos ./protos
 COPY services ./services
 RUN pip install -c constraints.txt "grpcio-tools==${GRPC_VERSION}" \

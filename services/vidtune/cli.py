@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop what `vidtune up` started")
     down.set_defaults(func=cmd_down)
+    from vidtune.console.app import register as register_console
+
+    register_console(sub)
 
     store = sub.add_parser("store", help="list and copy objects (s3:// URIs or local paths), as the services see them")
     ssub = store.add_subparsers(dest="action", required=True)
@@ -118,6 +121,7 @@ def cmd_worker(args) -> int:
 
     from vidtune.platform.jobs import (QUEUED, SUCCEEDED, TERMINAL, JobContext, JobStore, StopSignal, acquire,
                                        execute, lease_alive)
+    from vidtune.platform.access import service_policy
     from vidtune.platform.server import setup_logging
     from vidtune.platform.settings import jobs_root
     from vidtune.platform.storage import Storage
@@ -125,7 +129,7 @@ def cmd_worker(args) -> int:
 
     setup_logging(os.environ.get("VIDTUNE_LOG_LEVEL", "INFO"))
     rank = worker_rank()
-    storage = Storage()
+    storage = Storage(policy=service_policy())
     store = JobStore(storage, jobs_root(), args.service)
     try:
         record = store.load(args.job_id)
@@ -171,6 +175,7 @@ def _record_from_spec(storage, store, args, create: bool) -> dict:
 
     from vidtune.platform.errors import Conflict
     from vidtune.platform.jobs import new_record
+    from vidtune.platform.storage import Storage
     from vidtune.registry import module
 
     from vidtune.platform.kinds import by_name
@@ -178,7 +183,8 @@ def _record_from_spec(storage, store, args, create: bool) -> dict:
     kinds = by_name(module(args.service, "tasks").KINDS)
     if args.kind not in kinds:
         raise InvalidArgument(f"--kind {args.kind!r} is not a {args.service} job kind; known: {sorted(kinds)}")
-    spec = yaml.safe_load(storage.read_text(args.spec))
+    # --spec is the operator's (a mounted ConfigMap or a URI), so it is read outside the job's access policy.
+    spec = yaml.safe_load(Storage(storage.config).read_text(args.spec))
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{args.spec}: the spec must be a mapping")
     kinds[args.kind].validate(spec)  # a spec file enters here: validated as a Submit would be
@@ -266,6 +272,8 @@ def cmd_up(args) -> int:
     print(f"object store: {state['s3']['VIDTUNE_S3_ENDPOINT']}")
     for svc, port in state["ports"].items():
         print(f"{svc}: 127.0.0.1:{port}")
+    if state.get("console"):
+        print(f"console: {state['console']} (log in with the token in {stack.stack_state_path()})")
     print("stop with: vidtune down")
     return 0
 

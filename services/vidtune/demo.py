@@ -152,7 +152,8 @@ def download_prefix(storage: Storage, prefix: str, local: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidtune-demo", description=__doc__)
     parser.add_argument("--out", default="demo-out", help="local directory for the archive and reports")
-    parser.add_argument("--keep-running", action="store_true", help="leave the demo stack running at the end")
+    parser.add_argument("--keep-running", action="store_true", help="leave the demo stack running even after a failure")
+    parser.add_argument("--stop", action="store_true", help="stop the stack at the end instead of leaving the console up")
     parser.add_argument("--base-port", type=int, default=None, help="stack ports base, base+1, ... "
                                                                      "(default: the defaults, else free ports)")
     args = parser.parse_args(argv)
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(state["s3"])
     for svc, port in state["ports"].items():
         print(f"  {svc:10s} 127.0.0.1:{port}")
+    finished = False
     try:
         storage = Storage(S3Config.from_env())
         say("making a sample archive (Korean captions, 1080p/720p/portrait/10-bit clips, stills, damaged files)")
@@ -193,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  quality filter      {local_q / 'filter.html'}")
         print(f"  training            {local_t / 'report.html'}")
         print(f"  evaluation          {report}")
+        finished = True
     finally:
-        if not args.keep_running:
+        if args.stop or not (finished or args.keep_running):
             say("stopping the stack")
             print("  stopped: " + ", ".join(stack.down(home)))
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s; files under {out}")
+    if state.get("console") and not args.stop:
+        print(f"console: {state['console']}  (token: {state['token']}; stop it with `make down`)")
     return 0
 
 

@@ -119,10 +119,11 @@ def test_build_context_keeps_out_the_venv_and_generated_stubs():
     for name, path in DOCKERFILES.items():
         ignore = (path.parent / f"{path.name}.dockerignore").read_text().splitlines()
         assert ignore[0].startswith("#") and "*" in ignore, name
-        for needed in ("!pyproject.toml", "!constraints.txt", "!README.md", "!protos/**", "!services/**"):
+        for needed in ("!pyproject.toml", "!constraints.txt", "!README.md", "!protos/**", "!services/**",
+                       "!docker/requirements.lock"):
             assert needed in ignore, (name, needed)
         copied = {rest.split()[0] for word, rest in instructions(path) if word == "COPY" and "--from" not in rest}
-        assert copied <= {"pyproject.toml", "protos", "services"}, copied
+        assert copied <= {"pyproject.toml", "protos", "services", "docker/requirements.lock"}, copied
 
 
 def _run_build_sh(path_env: str) -> subprocess.CompletedProcess:

@@ -139,25 +139,41 @@ def test_gpu_profile_moves_transcode_to_nvenc_and_enables_scheduling_extras():
 
 # --- probes --------------------------------------------------------------------------------------------
 
-def test_probes_use_native_grpc_health(rendered):
+def test_probes_ask_grpc_health_over_tls(rendered):
+    """TLS is on by default; Kubernetes' native gRPC probes speak only plaintext, so readiness runs vidtune's
+    own health check over TLS, liveness too, and startup checks the port."""
     services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(rendered, "Service")}
     for name, port in SERVICES.items():
         container = deployment(rendered, name)["spec"]["template"]["spec"]["containers"][0]
         assert container["args"][:2] == ["serve", name] and container["args"][3] == str(port)
         assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert set(container[probe]) & {"httpGet", "exec", "tcpSocket"} == set(), (name, probe)
-            assert container[probe]["grpc"]["port"] == port, (name, probe)
-        assert container["readinessProbe"]["grpc"]["service"] == f"vidtune.v1.{name.capitalize()}Service"
+        assert container["startupProbe"]["tcpSocket"]["port"] == port
+        assert container["readinessProbe"]["exec"]["command"] == [
+            "python", "-m", "vidtune.platform.tls", str(port), f"vidtune.v1.{name.capitalize()}Service"]
         # Liveness must not follow the object store (an outage would restart every pod); readiness does.
-        assert container["livenessProbe"]["grpc"]["service"] == "vidtune.v1.Liveness"
-        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert container["livenessProbe"]["exec"]["command"][-1] == "vidtune.v1.Liveness"
+        env = container_env(container)
+        assert env["VIDTUNE_TLS_CERT_FILE"].endswith("/tls.crt") and env["VIDTUNE_TLS_KEY_FILE"].endswith("/tls.key")
+        assert env["VIDTUNE_TLS_SERVER_NAME"] == f"vidtune-{name}.{NAMESPACE}.svc"
         grace = deployment(rendered, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert 0 < float(env["VIDTUNE_STOP_GRACE"]) < grace, "the drain must end before the pod is killed"
         strategy = deployment(rendered, name)["spec"]["strategy"]
         assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxUnavailable"] == 0
         (svc_port,) = services[name]["spec"]["ports"]
         assert svc_port["port"] == port and svc_port["appProtocol"] == "grpc"
+
+
+def test_probes_use_native_grpc_health_without_tls():
+    _, objects = render({"tls": {"enabled": False}})
+    for name, port in SERVICES.items():
+        container = deployment(objects, name)["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert set(container[probe]) & {"httpGet", "exec", "tcpSocket"} == set(), (name, probe)
+            assert container[probe]["grpc"]["port"] == port, (name, probe)
+        assert container["readinessProbe"]["grpc"]["service"] == f"vidtune.v1.{name.capitalize()}Service"
+        assert "VIDTUNE_TLS_CERT_FILE" not in container_env(container)
+        # Liveness must not follow the object store (an outage would restart every pod); readiness does.
+        assert container["livenessProbe"]["grpc"]["service"] == "vidtune.v1.Liveness"
 
 
 # --- security ------------------------------------------------------------------------------------------
@@ -246,8 +262,10 @@ def test_no_secret_value_appears_outside_secrets(name):
     notes = next(t for p, t in rendered_text.items() if p.endswith("NOTES.txt"))
     assert not any(n in notes for n in needles)
     secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
-    decoded = {k: base64.b64decode(v).decode() for s in secrets.values() for k, v in s["data"].items()}
-    assert decoded == {"access-key": S3_ACCESS, "secret-key": S3_SECRET, "token": GRPC_TOKEN}
+    decoded = {(n, k): base64.b64decode(v).decode() for n, s in secrets.items() for k, v in s["data"].items()}
+    given = {k: v for k, v in decoded.items() if v in (S3_ACCESS, S3_SECRET, GRPC_TOKEN)}
+    assert given == {("vidtune-s3", "access-key"): S3_ACCESS, ("vidtune-s3", "secret-key"): S3_SECRET,
+                     ("vidtune-auth", "token"): GRPC_TOKEN}
 
 
 def test_credentials_reach_containers_only_through_secret_references():
@@ -261,12 +279,13 @@ def test_credentials_reach_containers_only_through_secret_references():
 
 
 def test_existing_secrets_mean_no_secret_is_rendered():
-    values = {"objectStorage": {"existingSecret": "my-s3"}, "auth": {"existingSecret": "my-token"}}
+    values = {"objectStorage": {"existingSecret": "my-s3", "scopedUsers": False}, "auth": {"existingSecret": "my-token"},
+              "tls": {"existingSecret": "my-tls"}}
     _, objects = render(values)
     assert not by_kind(objects, "Secret")
     names = {v["secret"]["secretName"] for _, spec in all_pod_specs(objects)
              for v in spec.get("volumes", []) if "secret" in v}
-    assert names == {"my-s3", "my-token"}
+    assert names == {"my-s3", "my-token", "my-tls"}
     minio = by_kind(objects, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in minio["env"] if "valueFrom" in e}
     assert refs == {"my-s3"}
@@ -375,7 +394,7 @@ def test_worker_job_from_the_train_env_is_placed_secured_and_valid():
     # credentials: the Secret is mounted as files, nothing from it is inlined in env
     secret_mount = mounts[kube.S3_SECRET_DIR]
     assert secret_mount["readOnly"] is True
-    assert volumes[secret_mount["name"]]["secret"]["secretName"] == "vidtune-s3"
+    assert volumes[secret_mount["name"]]["secret"]["secretName"] == "vidtune-s3-train"  # train's own S3 user
     assert not [e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {}) or "KEY" in e["name"]]
     assert job["spec"]["backoffLimit"] == 2 and job["spec"]["ttlSecondsAfterFinished"] == 86400
     assert job["metadata"]["labels"]["vidtune.io/job-id"] == record["id"]

@@ -87,7 +87,8 @@ def test_score_writes_one_record_per_video_with_every_metric(evaluated):
         assert set(PER_VIDEO_METRICS) <= set(r["metrics"]), r["metrics"].keys()
         assert all(isinstance(r["metrics"][m], float) for m in PER_VIDEO_METRICS)
         assert r["metrics"]["clip_score"] == pytest.approx(100 * max(r["metrics"]["clip_cosine"], 0))
-        assert r["grade"] in "SABCD" and r["category"] in ("animals", "city")
+        assert r["grade"] in ("S", "A", "B", "C", "D", "incomplete") and r["category"] in ("animals", "city")
+        assert r["notes"]["prompt_kept_share"] == 1.0 and r["notes"]["prompt_chunks"] == 1
         assert storage.exists(r["contact_sheet"]) and storage.exists(r["features"])
         assert storage.exists(f"{b}/scores/records/{r['key']}.json")
     # Resumed: every good record is reused, only the broken one is tried again.
@@ -98,12 +99,15 @@ def test_fvd_is_per_set_with_interval_and_small_set_warning(evaluated):
     rows = {(r["checkpoint"], r["category"]): r for r in evaluated["summary"]["fvd"]}
     assert set(rows) == {(c, k) for c in ("base", "epoch-1") for k in ("all", "animals", "city")}
     for row in rows.values():
-        assert row["value"] >= 0 and row["ci_low"] <= row["ci_high"]
+        assert row["value"] >= 0 and row["n_discarded_short"] == 0 and "StyleGAN-V" in row["protocol"]
+        assert row["archive_overall"] == pytest.approx(100 - row["value"] / 10)
+        if row["ci_low"] is not None:
+            assert row["ci_low"] <= row["value"] <= row["ci_high"]
         assert row["n_generated"] in (2, 4) and row["n_reference"] in (3, 6)
         assert any("small set" in w for w in row["warnings"])
     assert any("sets are small" in w for w in evaluated["summary"]["warnings"])
     ck = evaluated["summary"]["checkpoints"]["epoch-1"]
-    assert ck["grade"] in "SABCD" and ck["metrics"]["fvd"] == pytest.approx(rows[("epoch-1", "all")]["value"])
+    assert ck["grade"] in ("S", "A", "B", "C", "D", "incomplete") and ck["metrics"]["fvd"] == pytest.approx(rows[("epoch-1", "all")]["value"])
 
 
 def test_compare_report_has_verdicts_charts_and_contact_sheets(evaluated):
@@ -111,18 +115,25 @@ def test_compare_report_has_verdicts_charts_and_contact_sheets(evaluated):
     html = storage.read_text(report["report"])
     md = storage.read_text(report["markdown"])
     for text in ("base -&gt; epoch-1", "Per category: quality", "Per prompt: clip_cosine", "Verdict rule",
-                 "Contact sheets", "Metric definitions", "RAW cosine"):
+                 "Contact sheets", "Metric definitions", "sign-flip permutation test", "Holm",
+                 "archive overall (100 - FVD/10)", "StyleGAN-V", "per-video FVD is not reported"):
         assert text in html, text
+    # The verdict comes first, after the banner that says the models are random test models.
+    body = html.split("<body>", 1)[1]
+    assert body.index("TEST MODELS") < body.index("Conclusion:") < body.index("Checkpoints")
+    assert "random test generators (tiny-ti2v)" in html and "CLIP is a tiny random test model" in html
+    assert "I3D is a tiny random test model" in html
     assert "base -> epoch-1" in md
     data = json.loads(storage.read_text(report["json"]))
     overall = [d for d in data["deltas"] if d["scope"] == "overall"]
     assert {d["metric"] for d in overall} >= {"clip_cosine", "quality", "fvd", "flicker"}
     for d in overall:
-        assert d["verdict"] in ("improved", "worse", "unchanged")
+        assert d["verdict"] in ("improved", "worse", "unchanged", "too few prompts")
         if d["value_a"] is not None and d["value_b"] is not None:
             assert d["delta"] == pytest.approx(d["value_b"] - d["value_a"], abs=1e-9)
     figures = list(storage.list(f"{b}/report/figures/"))
-    assert sum("sheet-" in f for f in figures) == 8
+    assert sum("sheets-" in f for f in figures) == 4  # one per prompt and seed, checkpoints side by side
+    assert any("deltas-base-epoch-1" in f for f in figures)
     assert any("metrics-per-checkpoint" in f for f in figures)
     assert any("quality-per-category" in f for f in figures)
 
@@ -156,7 +167,9 @@ def test_score_cli_on_a_local_directory_with_prompt_file(tmp_path, tiny_clip_dir
     assert isinstance(cat["metrics"]["clip_cosine"], float)
     assert noise["metrics"]["clip_cosine"] is None and "no prompt" in noise["notes"]["clip"]
     assert noise["metrics"]["temporal_consistency"] < cat["metrics"]["temporal_consistency"]
-    assert np.isfinite(noise["metrics"]["quality"])
+    # No prompt, no CLIP text score: no overall score and no letter, rather than a score on what is left.
+    assert noise["metrics"]["quality"] is None and noise["grade"] == "incomplete"
+    assert "clip not measured" in noise["notes"]["quality"] and np.isfinite(cat["metrics"]["quality"])
     assert "FVD not measured" in capsys.readouterr().err
 
 

@@ -86,8 +86,6 @@ def test_cancel_leaves_the_other_jobs_encodes_alone(run):
     assert row.figures["other_ok"] == 4
 
 
-@pytest.mark.xfail(strict=True, reason="Server.start runs the manager's first scan (every record read from the "
-                                       "store) before the gRPC port is bound: while the store is away nothing answers")
 @pytest.mark.slow
 def test_a_replica_started_during_a_store_outage_answers_liveness(run):
     _held(run(chaos_mod.start_during_store_outage, n=0, wait_s=8))

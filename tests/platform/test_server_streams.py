@@ -137,4 +137,4 @@ def test_requests_aimed_at_job_records_or_with_bad_numbers_are_refused(serve, st
             with pytest.raises(grpc.RpcError) as e:
                 transcode_pb2_grpc.TranscodeServiceStub(ch).SubmitTranscode(request, metadata=AUTH, timeout=5)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
-            assert "job records' prefix" in e.value.details() or "not a finite number" in e.value.details()
+            assert any(w in e.value.details() for w in ("job records' prefix", "not a finite number", "'..' segment"))

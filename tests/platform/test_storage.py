@@ -84,7 +84,7 @@ def test_local_paths_behave_like_objects(tmp_path):
 def test_services_refuse_local_paths_unless_allowed(monkeypatch):
     monkeypatch.delenv("VIDTUNE_ALLOW_LOCAL_PATHS", raising=False)
     with pytest.raises(InvalidArgument, match="inputs: '/etc/passwd' is not an s3:// URI"):
-        require_object_uris(["s3://b/x", "/etc/passwd"], "inputs")
+        require_object_uris(["s3://bkt/x", "/etc/passwd"], "inputs")
     monkeypatch.setenv("VIDTUNE_ALLOW_LOCAL_PATHS", "1")
     require_object_uris(["/data/x"], "inputs")
 

@@ -43,12 +43,23 @@ app.kubernetes.io/part-of: vidtune
 
 {{- define "vidtune.image" -}}
 {{- $img := .Values.image -}}
-{{- printf "%s/%s:%s" $img.registry $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- include "vidtune.withDigest" (dict "root" . "img" $img "ref" (printf "%s/%s:%s" $img.registry $img.repository (default .Chart.AppVersion $img.tag))) -}}
 {{- end -}}
 
 {{- define "vidtune.gpuImage" -}}
 {{- $img := .Values.gpuImage -}}
-{{- printf "%s/%s:%s" $img.registry $img.repository (default (printf "%s-cu126" .Chart.AppVersion) $img.tag) -}}
+{{- include "vidtune.withDigest" (dict "root" . "img" $img "ref" (printf "%s/%s:%s" $img.registry $img.repository (default (printf "%s-cu126" .Chart.AppVersion) $img.tag))) -}}
+{{- end -}}
+
+{{/* ref@digest when a digest is set; requireDigests makes a missing digest an error. */}}
+{{- define "vidtune.withDigest" -}}
+{{- if .img.digest -}}
+{{- printf "%s@%s" .ref .img.digest -}}
+{{- else if .root.Values.requireDigests -}}
+{{- fail (printf "requireDigests: image %s has no digest (set image.digest / gpuImage.digest)" .ref) -}}
+{{- else -}}
+{{- .ref -}}
+{{- end -}}
 {{- end -}}
 
 {{/* repository:tag[@digest] for the MinIO images */}}
@@ -68,6 +79,62 @@ app.kubernetes.io/part-of: vidtune
 {{- else -}}
 {{- include "vidtune.fullname" . }}-s3
 {{- end -}}
+{{- end -}}
+
+{{/* The buckets the release uses: the hook creates them, the services may use only them. */}}
+{{- define "vidtune.buckets" -}}
+{{- prepend .Values.objectStorage.extraBuckets .Values.objectStorage.bucket | uniq | join "," -}}
+{{- end -}}
+
+{{/* The S3 credentials a service (and its worker Jobs) holds: its own bucket-scoped user when scopedUsers,
+else the configured Secret (then a bucket-scoped user's, on an external store). Never MinIO's root user. */}}
+{{- define "vidtune.scopedUsers" -}}
+{{- if and .Values.objectStorage.scopedUsers .Values.minio.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "vidtune.serviceS3SecretName" -}}
+{{- if not .service -}}
+{{- fail "the S3 credentials of a pod name its S3 user: pass \"service\" (one of vidtune.s3Users)" -}}
+{{- end -}}
+{{- if include "vidtune.scopedUsers" .root -}}
+{{- include "vidtune.fullname" .root }}-s3-{{ .service }}
+{{- else -}}
+{{- include "vidtune.s3SecretName" .root -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The bucket-scoped S3 users: one per service (and the console), plus objectStorage.extraUsers (other release components). */}}
+{{- define "vidtune.s3Users" -}}
+{{- $base := list "transcode" "quality" "train" "evaluate" -}}
+{{- if .Values.console.enabled }}{{ $base = append $base "console" }}{{ end -}}
+{{- concat $base .Values.objectStorage.extraUsers | uniq | toJson -}}
+{{- end -}}
+
+{{- define "vidtune.serviceS3Keys" -}}
+{{- if include "vidtune.scopedUsers" .root -}}
+{{- dict "access-key" "access-key" "secret-key" "secret-key" | toJson -}}
+{{- else -}}
+{{- dict "access-key" .root.Values.objectStorage.accessKeyKey "secret-key" .root.Values.objectStorage.secretKeyKey | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vidtune.tlsSecretName" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- .Values.tls.existingSecret -}}
+{{- else -}}
+{{- include "vidtune.fullname" . }}-tls
+{{- end -}}
+{{- end -}}
+
+{{/* DNS names of the gRPC services (the certificate's SANs). */}}
+{{- define "vidtune.tlsDnsNames" -}}
+{{- $root := . -}}
+{{- $names := list "localhost" -}}
+{{- range $name := list "transcode" "quality" "train" "evaluate" -}}
+{{- $svc := printf "%s-%s" (include "vidtune.fullname" $root) $name -}}
+{{- $names = concat $names (list $svc (printf "%s.%s" $svc $root.Release.Namespace) (printf "%s.%s.svc" $svc $root.Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc $root.Release.Namespace)) -}}
+{{- end -}}
+{{- concat $names .Values.tls.extraDnsNames | toJson -}}
 {{- end -}}
 
 {{- define "vidtune.minioName" -}}{{ include "vidtune.fullname" . }}-minio{{- end -}}
@@ -152,6 +219,18 @@ the gRPC token file (servers only). */}}
 - name: VIDTUNE_TOKEN_FILE
   value: /var/run/secrets/vidtune/auth/token
 {{- end }}
+{{- if and .auth .root.Values.tls.enabled }}
+- name: VIDTUNE_TLS_CERT_FILE
+  value: /var/run/secrets/vidtune/tls/tls.crt
+- name: VIDTUNE_TLS_KEY_FILE
+  value: /var/run/secrets/vidtune/tls/tls.key
+- name: VIDTUNE_TLS_CA_FILE
+  value: /var/run/secrets/vidtune/tls/ca.crt
+{{- if .root.Values.tls.clientAuth }}
+- name: VIDTUNE_TLS_CLIENT_AUTH
+  value: "1"
+{{- end }}
+{{- end }}
 - name: VIDTUNE_POD_NAME
   valueFrom:
     fieldRef:
@@ -177,6 +256,11 @@ the gRPC token file (servers only). */}}
   mountPath: /var/run/secrets/vidtune/auth
   readOnly: true
 {{- end }}
+{{- if and .auth .root.Values.tls.enabled }}
+- name: tls
+  mountPath: /var/run/secrets/vidtune/tls
+  readOnly: true
+{{- end }}
 {{- if .shm }}
 - name: dshm
   mountPath: /dev/shm
@@ -191,14 +275,15 @@ the gRPC token file (servers only). */}}
 - name: cache
   emptyDir:
     sizeLimit: {{ $root.Values.cacheSizeLimit }}
+{{- $keys := include "vidtune.serviceS3Keys" (dict "root" $root) | fromJson }}
 - name: s3-credentials
   secret:
-    secretName: {{ include "vidtune.s3SecretName" $root }}
+    secretName: {{ include "vidtune.serviceS3SecretName" (dict "root" $root "service" .service) }}
     defaultMode: 0440
     items:
-      - key: {{ $root.Values.objectStorage.accessKeyKey }}
+      - key: {{ index $keys "access-key" }}
         path: access-key
-      - key: {{ $root.Values.objectStorage.secretKeyKey }}
+      - key: {{ index $keys "secret-key" }}
         path: secret-key
 {{- if and .auth $root.Values.auth.enabled }}
 - name: auth-token
@@ -208,6 +293,12 @@ the gRPC token file (servers only). */}}
     items:
       - key: {{ $root.Values.auth.tokenKey }}
         path: token
+{{- end }}
+{{- if and .auth $root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "vidtune.tlsSecretName" $root }}
+    defaultMode: 0440
 {{- end }}
 {{- if .shm }}
 - name: dshm

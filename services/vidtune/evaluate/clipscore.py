@@ -17,6 +17,13 @@ Formulas (frames: the `sample_frames` evenly spaced frames of each video, see vi
     clip_cosine  = mean_t cos(E_img(frame_t), E_txt(prompt))            raw cosine in [-1, 1]
     clip_score   = 100 * max(clip_cosine, 0)                            the CLIPScore convention, 0..100
     temporal_consistency = mean_t cos(E_img(frame_t), E_img(frame_t+1)) over adjacent sampled frames
+Long captions (archive captions run to 10,000+ characters; the text tower reads `context_length` tokens,
+77 for these models): a caption that fits is embedded as is. A longer one is split into sentences (after
+. ! ? and their full-width forms, and at line breaks), the sentences are packed in order into chunks that
+fit the context, each chunk is embedded, and the text embedding is the normalised mean of the chunk
+embeddings (each chunk counts equally). A single sentence longer than the context is cut at the context;
+at most MAX_CAPTION_CHUNKS chunks are kept. Every record states the caption's tokens, chunks and the share
+of its tokens the encoder saw (`prompt_kept_share`, 1.0 unless a sentence was cut or chunks were dropped).
 Images are resized (shorter side to the model's image size, bicubic, antialiased), centre-cropped and
 normalised with the model's mean/std, exactly as open_clip's validation transform does, but batched on tensors.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,8 @@ from vidtune.platform.settings import cache_dir
 log = logging.getLogger("vidtune.evaluate.clip")
 
 DEFAULT_CLIP_MODEL = "xlm-roberta-base-ViT-B-32"
+MAX_CAPTION_CHUNKS = 64
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+|\n+")
 _WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                  "open_clip_pytorch_model.bin", "open_clip_model.bin", "model.safetensors", "model.pt",
                  "open_clip_model.pt")
@@ -62,6 +72,7 @@ class ClipModel:
     device: str = "cpu"
     random_weights: bool = False  # a tiny random bundle (tests, demo): its scores are meaningless
     _text_cache: dict = field(default_factory=dict, repr=False)
+    _plans: dict = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         return {"model": self.name, "weights": self.source, "image_size": self.image_size,
@@ -100,14 +111,45 @@ class ClipModel:
             return len(self.tokenizer.encode(text)) + 2  # open_clip BPE + <start>/<end>
         return -1
 
+    def caption_plan(self, text: str) -> dict:
+        """What the text encoder sees of `text`: {"chunks": [...], "tokens": n, "kept_share": 0..1}."""
+        if text in self._plans:
+            return self._plans[text]
+        limit = self.context_length - 2  # room for the start and end tokens
+        n = self.token_count(text) - 2
+        if n <= limit:
+            plan = {"chunks": [text], "tokens": n + 2, "kept_share": 1.0}
+        else:
+            chunks: list[tuple[list[str], int]] = []   # (sentences, tokens the encoder keeps of them)
+            total = 0
+            for sentence in (x.strip() for x in _SENTENCE_BREAK.split(text)):
+                if not sentence:
+                    continue
+                k = self.token_count(sentence) - 2
+                total += k
+                if not chunks or chunks[-1][1] + k > limit:
+                    chunks.append(([], 0))
+                chunks[-1] = (chunks[-1][0] + [sentence], min(chunks[-1][1] + k, limit))
+            chunks = chunks[:MAX_CAPTION_CHUNKS]
+            kept = sum(k for _, k in chunks)
+            chunks = [" ".join(c) for c, _ in chunks]
+            plan = {"chunks": chunks, "tokens": n + 2, "kept_share": kept / total if total else 1.0}
+        self._plans[text] = plan
+        return plan
+
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Unit-norm text embeddings [N, D]; repeated prompts are encoded once."""
+        """Unit-norm text embeddings [N, D] (long captions: mean of sentence chunks, see the module docstring);
+        repeated prompts are encoded once, all chunks of all new prompts in one batch."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            tokens = self.tokenizer(missing).to(self.device)
+            plans = [self.caption_plan(t)["chunks"] for t in missing]
+            tokens = self.tokenizer([c for chunks in plans for c in chunks]).to(self.device)
             emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
-            self._text_cache.update(zip(missing, emb))
+            start = 0
+            for t, chunks in zip(missing, plans):
+                self._text_cache[t] = F.normalize(emb[start:start + len(chunks)].mean(0), dim=-1)
+                start += len(chunks)
         return torch.stack([self._text_cache[t] for t in texts])
 
 

@@ -1,15 +1,22 @@
 """Comparison reports: base vs LoRA and epoch vs epoch, per prompt, per category and overall.
 
 Verdict rule (stated in every report): for a metric, the difference B - A is taken per (prompt, seed) pair,
-so both checkpoints start from the same noise and seed-to-seed variation largely cancels. Its confidence
-interval comes from
-  - two or more prompts: a two-level bootstrap (prompts resampled with replacement, then seeds within each
-    drawn prompt), `verdict.bootstrap` resamples;
-  - one prompt: a Student-t interval over its seeds (needs two or more seeds).
-"improved" when the interval lies entirely on the better side of 0, "worse" when entirely on the worse side,
-"unchanged" otherwise (including when there are too few samples to form an interval, and when the change is
-smaller than `verdict.min_relative_change` of A's value: real but too small to matter). FVD deltas use a
-bootstrap over generated clips (paired by prompt and seed) and reference clips (fvd.fvd_delta_ci).
+so both checkpoints start from the same noise and seed-to-seed variation largely cancels. Then
+  - overall and per-category rows: the unit is the PROMPT (its mean difference over seeds), and the test is
+    a two-sided sign-flip permutation test of the mean prompt difference (exact over all 2^P sign patterns
+    up to 16 prompts, 20,000 random patterns above). With fewer than 6 prompts no sign pattern can reach
+    p <= 0.05 (the smallest possible p is 2 / 2^P), so the verdict is "too few prompts";
+  - per-prompt rows: a one-sample t-test over that prompt's seed differences (2 or more seeds);
+  - per-category and per-prompt rows of one metric and comparison are a family: their p-values are adjusted
+    with Holm's step-down method (family-wise error <= 1 - confidence); the overall row is the primary test
+    and is not adjusted.
+"improved" / "worse" when the (adjusted) p-value is <= 1 - confidence, on the better / worse side, and the
+change is at least `verdict.min_relative_change` of A's value (real but too small to matter otherwise);
+"unchanged" otherwise. The interval shown is a Student-t interval on the prompt means (per-prompt rows: on
+the seeds), for the size of the change; the verdict comes from the test. Checked by a seeded simulation
+(tests/evaluate/test_compare.py): with no true effect, at 3 prompts x 3 seeds and 20 x 4, the false
+improved/worse rate stays <= 5 %. FVD deltas: a half-sampling interval over generated clips (paired by prompt
+and seed) and reference clips (fvd.fvd_delta_ci); improved / worse when it excludes 0.
 """
 from __future__ import annotations
 
@@ -27,12 +34,19 @@ from vidtune.platform.storage import Storage, join
 
 from . import fvd as fvdlib
 from .grades import acceptance, grade, load_config
-from .scoring import METRIC_DOCS, PER_VIDEO_METRICS, load_npy
+from .scoring import METRIC_DOCS, PER_VIDEO_METRICS, fvd_set_size, load_npy
 
-COMPARED_METRICS = ["clip_cosine", "clip_score", "temporal_consistency", "flicker", "sharpness",
-                    "colour_diversity", "quality"]
+COMPARED_METRICS = ["quality", "clip_cosine", "clip_score", "temporal_consistency", "flicker", "motion", "frozen",
+                    "sharpness", "colour_diversity"]
 DETAIL_METRICS = ["clip_cosine", "quality"]   # per-prompt tables stay readable with two metrics
-CHART_METRICS = ["clip_cosine", "quality", "temporal_consistency", "sharpness", "colour_diversity", "flicker"]
+CHART_METRICS = ["quality", "clip_cosine", "temporal_consistency", "flicker", "motion", "sharpness",
+                 "colour_diversity"]
+
+
+MIN_PROMPTS = 6            # smallest P with 2 / 2^P <= 0.05: a sign-flip test can reach significance
+EXACT_UP_TO = 16           # prompts; beyond, random sign patterns
+RANDOM_FLIPS = 20_000
+TOO_FEW = "too few prompts"
 
 
 @dataclass
@@ -51,6 +65,9 @@ class Delta:
     n_pairs: int
     verdict: str
     note: str = ""
+    p_value: float = float("nan")
+    p_adjusted: float = float("nan")
+    n_units: int = 0      # prompts (overall, category) or seeds (prompt rows) the test ran over
 
 
 def checkpoint_order(labels) -> list[str]:
@@ -68,6 +85,7 @@ def _finite(v) -> bool:
 
 
 def verdict_of(lo: float, hi: float, lower_is_better: bool, negligible: bool = False) -> str:
+    """Verdict from an interval (FVD deltas): improved / worse when it excludes 0 on that side."""
     if negligible or not (_finite(lo) and _finite(hi)):
         return "unchanged"
     better_side = hi < 0 if lower_is_better else lo > 0
@@ -75,27 +93,48 @@ def verdict_of(lo: float, hi: float, lower_is_better: bool, negligible: bool = F
     return "improved" if better_side else "worse" if worse_side else "unchanged"
 
 
-def interval_of_pairs(diffs_by_prompt: dict[str, list[float]], confidence: float, n_boot: int,
-                      rng: np.random.Generator) -> tuple[float, float, str]:
-    """CI of the mean paired difference (see the module docstring for the rule)."""
-    prompts = [p for p, d in diffs_by_prompt.items() if d]
-    a = (1 - confidence) / 2
-    if len(prompts) >= 2:
-        arrays = [np.asarray(diffs_by_prompt[p], np.float64) for p in prompts]
-        means = np.empty(n_boot)
-        for i in range(n_boot):
-            chosen = rng.integers(0, len(arrays), len(arrays))
-            draws = [arrays[j][rng.integers(0, len(arrays[j]), len(arrays[j]))] for j in chosen]
-            means[i] = np.concatenate(draws).mean()
-        lo, hi = np.quantile(means, [a, 1 - a])
-        return float(lo), float(hi), f"bootstrap over {len(prompts)} prompts and their seeds"
-    d = np.asarray(diffs_by_prompt[prompts[0]] if prompts else [], np.float64)
-    if len(d) < 2:
-        return float("nan"), float("nan"), f"{len(d)} paired sample(s): too few for an interval"
+def sign_flip_pvalue(x: np.ndarray, rng: np.random.Generator) -> float:
+    """Two-sided p-value of mean(x) = 0 under sign symmetry: exact up to EXACT_UP_TO values."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    observed = abs(x.mean()) * (1 - 1e-12)  # ties with the observed pattern count as extreme
+    if n <= EXACT_UP_TO:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float((np.abs(signs @ x / n) >= observed).mean())
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(RANDOM_FLIPS, n))
+    return float((1 + (np.abs(signs @ x / n) >= observed).sum()) / (RANDOM_FLIPS + 1))
+
+
+def t_interval(x: np.ndarray, confidence: float) -> tuple[float, float]:
     from scipy import stats
 
-    half = stats.t.ppf(1 - a, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return float(d.mean() - half), float(d.mean() + half), f"t-interval over {len(d)} seeds"
+    x = np.asarray(x, np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def t_test_pvalue(x: np.ndarray) -> float:
+    from scipy import stats
+
+    x = np.asarray(x, np.float64)
+    if len(x) < 2:
+        return float("nan")
+    if x.std(ddof=1) == 0:
+        return 0.0 if x.mean() != 0 else 1.0
+    return float(stats.ttest_1samp(x, 0.0).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family)."""
+    idx = [i for i, p in enumerate(pvalues) if _finite(p)]
+    out = [float("nan")] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (len(idx) - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def negligible(delta: float, base: float, cfg: dict) -> bool:
@@ -104,38 +143,68 @@ def negligible(delta: float, base: float, cfg: dict) -> bool:
     return _finite(delta) and _finite(base) and abs(delta) < rel * abs(base)
 
 
+def decide(d: Delta, cfg: dict) -> str:
+    """The verdict of a row from its (adjusted) p-value, direction and size."""
+    if d.note.startswith(TOO_FEW):
+        return TOO_FEW
+    p = d.p_adjusted if _finite(d.p_adjusted) else d.p_value
+    alpha = 1 - float(cfg["verdict"]["confidence"])
+    if not _finite(p) or p > alpha or negligible(d.delta, d.value_a, cfg) or not d.delta:
+        return "unchanged"
+    better = d.delta < 0 if d.metric in cfg["verdict"]["lower_is_better"] else d.delta > 0
+    return "improved" if better else "worse"
+
+
 def paired_delta(recs_a: list[dict], recs_b: list[dict], metric: str, scope: str, group: str, a: str, b: str,
                  cfg: dict, rng: np.random.Generator) -> Delta:
-    """Delta of `metric` from checkpoint a to b over videos paired by (prompt id, seed)."""
+    """Delta of `metric` from checkpoint a to b over videos paired by (prompt id, seed), with its test
+    (verdict before any multiplicity adjustment; compare_scores adjusts the family and decides again)."""
     va = {(r.get("prompt_id"), r.get("seed")): r["metrics"].get(metric) for r in recs_a}
     vb = {(r.get("prompt_id"), r.get("seed")): r["metrics"].get(metric) for r in recs_b}
     keys = [k for k in va if k in vb and _finite(va[k]) and _finite(vb[k])]
-    lower = metric in cfg["verdict"]["lower_is_better"]
-    conf, n_boot = float(cfg["verdict"]["confidence"]), int(cfg["verdict"]["bootstrap"])
-    if keys:
-        mean_a = float(np.mean([va[k] for k in keys]))
-        mean_b = float(np.mean([vb[k] for k in keys]))
-        diffs: dict[str, list[float]] = {}
-        for k in keys:
-            diffs.setdefault(str(k[0]), []).append(vb[k] - va[k])
-        lo, hi, note = interval_of_pairs(diffs, conf, n_boot, rng)
-        n = len(keys)
+    conf = float(cfg["verdict"]["confidence"])
+    nan = float("nan")
+    if not keys:
+        return Delta(metric, scope, group, a, b, nan, nan, nan, nan, nan, nan, 0, "unchanged",
+                     "not measured (no video of both checkpoints with the same prompt and seed)")
+    mean_a = float(np.mean([va[k] for k in keys]))
+    mean_b = float(np.mean([vb[k] for k in keys]))
+    diffs: dict[str, list[float]] = {}
+    for k in keys:
+        diffs.setdefault(str(k[0]), []).append(vb[k] - va[k])
+    if scope == "prompt":
+        units = np.concatenate(list(diffs.values()))
+        p = t_test_pvalue(units)
+        note = f"t-test over {len(units)} seeds" if len(units) >= 2 else f"{TOO_FEW}: 1 seed, no test"
     else:
-        xa = np.array([v for v in va.values() if _finite(v)])
-        xb = np.array([v for v in vb.values() if _finite(v)])
-        if not len(xa) or not len(xb):
-            nan = float("nan")
-            return Delta(metric, scope, group, a, b, nan, nan, nan, nan, nan, nan, 0, "unchanged", "not measured")
-        mean_a, mean_b = float(xa.mean()), float(xb.mean())
-        boots = [xb[rng.integers(0, len(xb), len(xb))].mean() - xa[rng.integers(0, len(xa), len(xa))].mean()
-                 for _ in range(n_boot)] if min(len(xa), len(xb)) >= 2 else []
-        alpha = (1 - conf) / 2
-        lo, hi = (np.quantile(boots, [alpha, 1 - alpha]) if boots else (float("nan"), float("nan")))
-        lo, hi, n, note = float(lo), float(hi), 0, "unpaired bootstrap (no common prompt and seed)"
+        units = np.array([np.mean(v) for v in diffs.values()])
+        if len(units) < MIN_PROMPTS:
+            p = nan
+            note = (f"{TOO_FEW}: {len(units)} < {MIN_PROMPTS} (a sign-flip test over prompts cannot reach "
+                    f"p <= 0.05 with fewer)")
+        else:
+            p = sign_flip_pvalue(units, rng)
+            note = (f"sign-flip test over {len(units)} prompt means, "
+                    f"{'exact' if len(units) <= EXACT_UP_TO else f'{RANDOM_FLIPS} random patterns'}")
+    lo, hi = t_interval(units, conf)
     delta = mean_b - mean_a
-    pct = 100.0 * delta / abs(mean_a) if mean_a else float("nan")
-    return Delta(metric, scope, group, a, b, mean_a, mean_b, delta, pct, lo, hi, n,
-                 verdict_of(lo, hi, lower, negligible(delta, mean_a, cfg)), note)
+    pct = 100.0 * delta / abs(mean_a) if mean_a else nan
+    d = Delta(metric, scope, group, a, b, mean_a, mean_b, delta, pct, lo, hi, len(keys), "unchanged", note, p, p,
+              len(units))
+    d.verdict = decide(d, cfg)
+    return d
+
+
+def adjust_families(deltas: list[Delta], cfg: dict) -> None:
+    """Holm across the per-category and per-prompt rows of each (comparison, metric); verdicts re-decided."""
+    families: dict[tuple, list[Delta]] = {}
+    for d in deltas:
+        if d.scope in ("category", "prompt") and d.metric != "fvd":
+            families.setdefault((d.a, d.b, d.metric), []).append(d)
+    for rows in families.values():
+        for d, p in zip(rows, holm([d.p_value for d in rows])):
+            d.p_adjusted = p
+            d.verdict = decide(d, cfg)
 
 
 def _load_scores(scores: list[str], storage: Storage) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
@@ -199,6 +268,7 @@ def compare_scores(scores: str | list[str], out: str, baseline: str = "base", gr
                     if ra and rb:
                         deltas.append(paired_delta(ra, rb, m, "prompt", p, a, b, cfg, rng))
         deltas += _fvd_deltas(a, b, by_ck, ref_index, cfg, storage, seed)
+    adjust_families(deltas, cfg)
 
     fvd_by = {(r["checkpoint"], r["category"]): r for r in fvd_rows}
     ck_rows = {}
@@ -206,7 +276,8 @@ def compare_scores(scores: str | list[str], out: str, baseline: str = "base", gr
         agg = {m: _mean(r["metrics"].get(m) for r in by_ck[c]) for m in PER_VIDEO_METRICS}
         agg["fvd"] = _num(fvd_by.get((c, "all"), {}).get("value"))
         g, _ = grade(agg, cfg)
-        ck_rows[c] = {"videos": len(by_ck[c]), "metrics": agg, "grade": g, "acceptance": acceptance(agg, cfg)}
+        ck_rows[c] = {"videos": len(by_ck[c]), "metrics": agg, "grade": g,
+                      "acceptance": acceptance(agg, cfg, fvd_set_size(fvd_by.get((c, "all"))))}
 
     progress(len(pairs), len(pairs) + 1, "writing report")
     report = _build_report(order, ck_rows, deltas, by_ck, categories, fvd_by, records, summaries, cfg,
@@ -232,7 +303,7 @@ def _fvd_deltas(a: str, b: str, by_ck: dict, ref_index: list[dict], cfg: dict, s
     fb = {(r.get("prompt_id"), r.get("seed")): r for r in by_ck[b] if r.get("features")}
     keys = sorted((k for k in fa if k in fb), key=str)
     out = []
-    n_boot = int(cfg["fvd"]["bootstrap"])
+    n_sub = int(cfg["fvd"]["subsamples"])
     conf = float(cfg["verdict"]["confidence"])
     lower = "fvd" in cfg["verdict"]["lower_is_better"]
     for cat in ["all", *sorted(ref_by_cat)]:
@@ -242,12 +313,12 @@ def _fvd_deltas(a: str, b: str, by_ck: dict, ref_index: list[dict], cfg: dict, s
             continue
         ga = np.stack([load_npy(storage, fa[k]["features"]) for k in ks])
         gb = np.stack([load_npy(storage, fb[k]["features"]) for k in ks])
-        d, lo, hi = fvdlib.fvd_delta_ci(ga, gb, np.stack(ref), n_boot=n_boot, confidence=conf, seed=seed)
+        d, lo, hi = fvdlib.fvd_delta_ci(ga, gb, np.stack(ref), n_sub=n_sub, confidence=conf, seed=seed)
         va = fvdlib.fvd_from_features(ga, np.stack(ref))
         out.append(Delta("fvd", "overall" if cat == "all" else "category", cat, a, b, va, va + d, d,
                          100.0 * d / va if va else float("nan"), lo, hi, len(ks),
                          verdict_of(lo, hi, lower, negligible(d, va, cfg)),
-                         "paired bootstrap over generated and reference clips"))
+                         "paired half-sampling interval over generated and reference clips"))
     return out
 
 
@@ -275,55 +346,136 @@ _VERDICT_CSS = {"improved": "good", "worse": "bad", "unchanged": "muted"}
 
 def _delta_table(report: Report, rows: list[Delta], first_col: str) -> None:
     headers = [first_col, "A", "B", "A value", "B value", "delta", "% change", "CI low", "CI high", "pairs",
-               "verdict"]
+               "p", "p (Holm)", "verdict", "test"]
     body, css = [], {}
     for i, d in enumerate(rows):
         label = d.metric if first_col == "metric" else d.group
+        adjusted = d.p_adjusted if d.scope != "overall" else float("nan")
         body.append([label, d.a, d.b, d.value_a, d.value_b, d.delta, d.percent, d.ci_low, d.ci_high, d.n_pairs,
-                     d.verdict])
-        css[(i, 10)] = _VERDICT_CSS.get(d.verdict, "")
+                     d.p_value, adjusted, d.verdict, d.note])
+        css[(i, 12)] = _VERDICT_CSS.get(d.verdict, "")
     report.table(headers, body, css)
+
+
+def conclusion(deltas: list[Delta], order: list[str], base: str) -> str:
+    """One line: what the last checkpoint did to the overall score against the baseline, and how sure."""
+    last = order[-1] if order[-1] != base else (order[0] if len(order) > 1 else base)
+    row = next((d for d in deltas if d.scope == "overall" and d.metric == "quality" and d.a == base
+                and d.b == last), None)
+    if row is None or not _finite(row.delta):
+        return f"Conclusion: no paired quality comparison of {last} against {base} (see below)."
+    others = sorted({d.metric for d in deltas if d.scope == "overall" and d.a == base and d.b == last
+                     and d.verdict in ("improved", "worse") and d.metric != "quality"})
+    tail = f"; also changed: {', '.join(others)}" if others else ""
+    if row.verdict == TOO_FEW:
+        return (f"Conclusion: {last} vs {base}: quality {row.delta:+.2f} points, but {row.n_units} prompts are too "
+                f"few for a verdict (need {MIN_PROMPTS}){tail}.")
+    p = f"p = {row.p_value:.3g}, {row.note}"
+    word = {"improved": "IMPROVED", "worse": "WORSE", "unchanged": "no clear change in"}[row.verdict]
+    return (f"Conclusion: {last} vs {base}: {word} quality, {row.delta:+.2f} points "
+            f"({row.value_a:.1f} -> {row.value_b:.1f}, 95% interval [{row.ci_low:+.2f}, {row.ci_high:+.2f}], {p})"
+            f"{tail}.")
+
+
+def test_model_banner(records: list[dict], summaries: list[dict]) -> str:
+    """A warning when the videos or the metrics come from random test models (their numbers mean nothing)."""
+    from vidtune.models.specs import get_spec
+
+    parts = []
+    models = {str((r.get("generation") or {}).get("model")) for r in records if r.get("generation")}
+    tiny = []
+    for m in sorted(models):
+        try:
+            if get_spec(m).tiny:
+                tiny.append(m)
+        except Exception:  # an unknown model name: not ours to judge
+            continue
+    if tiny:
+        parts.append(f"the videos come from random test generators ({', '.join(tiny)})")
+    if any((s.get("clip") or {}).get("random_weights") for s in summaries):
+        parts.append("CLIP is a tiny random test model")
+    if any("I3D is a tiny random test model" in w for s in summaries for w in s.get("warnings", [])):
+        parts.append("I3D is a tiny random test model")
+    if not parts:
+        return ""
+    return "TEST MODELS: " + "; ".join(parts) + ". The numbers below exercise the pipeline and mean nothing."
 
 
 def _build_report(order, ck_rows, deltas, by_ck, categories, fvd_by, records, summaries, cfg, storage,
                   contact_sheets) -> Report:
     r = Report(f"vidtune evaluation: {', '.join(order)}")
+    banner = test_model_banner(records, summaries)
+    if banner:
+        r.paragraph(banner, "bad")
+    base = next((d.a for d in deltas if d.scope == "overall"), order[0])
+    r.paragraph(conclusion(deltas, order, base))
     r.paragraph(f"{sum(len(v) for v in by_ck.values())} scored videos, {len(categories)} categories, "
                 f"checkpoints in order: {', '.join(order)}. Grades and acceptance from {cfg['source']}.")
+    r.paragraph("Verdict method: sign-flip permutation test over prompt means (exact up to "
+                f"{EXACT_UP_TO} prompts; 'too few prompts' below {MIN_PROMPTS}); per-prompt rows: t-test over "
+                "seeds; Holm's correction across the per-category and per-prompt rows of each metric; "
+                f"level {1 - float(cfg['verdict']['confidence']):.2f}. Intervals: Student-t on prompt means.")
     clip_desc = next((s.get("clip") for s in summaries if s.get("clip")), None)
     if clip_desc:
         r.paragraph(f"CLIP model {clip_desc['model']} from {clip_desc['weights']} (image size "
-                    f"{clip_desc['image_size']}, text context {clip_desc['context_length']} tokens). Scores mean "
-                    "something only with real trained weights.")
-    r.paragraph("CLIP is reported two ways side by side: the raw cosine (clip_cosine, -1..1) and "
-                "100*max(cos,0) (clip_score, the CLIPScore convention). Grades and acceptance use the RAW cosine.")
+                    f"{clip_desc['image_size']}, text context {clip_desc['context_length']} tokens; longer prompts "
+                    "are embedded as the mean of sentence chunks, each record gives the share of tokens seen).")
+    long_prompts = sorted({(str(x.get("prompt_id")), (x.get("notes") or {}).get("prompt_chunks"),
+                            (x.get("notes") or {}).get("prompt_kept_share")) for x in records
+                           if (x.get("notes") or {}).get("prompt_chunks", 1) > 1
+                           or (x.get("notes") or {}).get("prompt_kept_share", 1.0) < 1.0})
+    if long_prompts:
+        r.paragraph("Prompts longer than the text context: " + "; ".join(
+            f"{p}: {c} chunks, {100 * k:.0f}% of tokens embedded" for p, c, k in long_prompts))
 
     r.heading("Checkpoints")
-    headers = ["checkpoint", "videos", "clip_cosine", "clip_score", "temporal", "flicker", "sharpness", "colour",
-               "quality", "FVD", "FVD CI", "grade", "accepted"]
+    headers = ["checkpoint", "videos", "quality", "clip_cosine", "temporal", "flicker", "motion", "frozen share",
+               "sharpness", "colour", "FVD (set)", "FVD interval", "clips/set", "archive overall (100 - FVD/10)",
+               "grade", "accepted"]
     rows, css = [], {}
     for i, c in enumerate(order):
         m = ck_rows[c]["metrics"]
         f = fvd_by.get((c, "all"), {})
-        ci = f"[{_num(f.get('ci_low')):.4g}, {_num(f.get('ci_high')):.4g}]" if f.get("value") is not None else "n/a"
+        has = f.get("value") is not None
+        ci = f"[{_num(f.get('ci_low')):.4g}, {_num(f.get('ci_high')):.4g}]" if has else "n/a"
+        size = f"{f.get('n_generated')} gen / {f.get('n_reference')} ref" if f else "n/a"
         acc = ck_rows[c]["acceptance"]["passed"]
-        rows.append([c, ck_rows[c]["videos"], m["clip_cosine"], m["clip_score"], m["temporal_consistency"],
-                     m["flicker"], m["sharpness"], m["colour_diversity"], m["quality"], m["fvd"], ci,
-                     ck_rows[c]["grade"], {True: "yes", False: "no", None: "incomplete"}[acc]])
-        css[(i, 12)] = {True: "good", False: "bad", None: "muted"}[acc]
+        rows.append([c, ck_rows[c]["videos"], m["quality"], m["clip_cosine"], m["temporal_consistency"],
+                     m["flicker"], m["motion"], m["frozen"], m["sharpness"], m["colour_diversity"], m["fvd"], ci, size,
+                     _num(f.get("archive_overall")), ck_rows[c]["grade"],
+                     {True: "yes", False: "no", None: "incomplete"}[acc]])
+        css[(i, 15)] = {True: "good", False: "bad", None: "muted"}[acc]
     r.table(headers, rows, css)
     crit = "; ".join(f"{k} {'>=' if 'min' in v else '<='} {v.get('min', v.get('max'))}"
                      for k, v in cfg["acceptance"].items())
-    r.paragraph(f"Acceptance: {crit}. 'incomplete' means a criterion's metric was not measured.")
+    r.paragraph(f"Acceptance: {crit}; the FVD limit holds for sets of {cfg['fvd']['threshold_clips']} clips. "
+                "'incomplete' means a criterion's metric was not measured or its FVD set was smaller. A grade "
+                "is 'incomplete' unless every graded metric was measured.")
+    r.paragraph(f"FVD protocol: {fvdlib.PROTOCOL}. FVD is a distance between SETS; it is biased upward in small "
+                "sets (two identical distributions: ~200 at 9 clips, ~55 at 256), so compare it only between "
+                "sets of the same size. 'archive overall (100 - FVD/10)' is the archive team's legacy 'Overall %', "
+                "given here from the per-set FVD so old and new reports can be read side by side; per-video FVD "
+                "is not reported because one clip has no distribution (its covariance is undefined), so the old "
+                "per-video numbers measured mostly the small-set bias.")
+    discarded = sum(int(f.get("n_discarded_short") or 0) for (c, cat), f in fvd_by.items() if cat == "all")
+    if discarded:
+        r.paragraph(f"FVD: {discarded} generated videos shorter than 16 frames were discarded (not padded).")
 
     warns = sorted({w for s in summaries for w in s.get("warnings", [])})
     if warns:
         r.heading("Warnings")
         r.bullets(warns)
 
+    r.heading("Changes with their intervals")
+    for a, b in list(dict.fromkeys((d.a, d.b) for d in deltas)):
+        rows_o = [d for d in deltas if (d.a, d.b) == (a, b) and d.scope == "overall" and _finite(d.percent)]
+        if rows_o:
+            r.figure(_delta_figure(rows_o, cfg), f"{a} -> {b}: change of each metric in % of {a} with its 95% "
+                     "interval; right of 0 is better for every metric (lower-is-better metrics are flipped)",
+                     name=f"deltas-{a}-{b}")
     r.heading("Charts")
     r.figure(_metric_per_checkpoint_figure(order, by_ck, fvd_by), "Metrics per checkpoint (mean and 95% "
-             "interval over videos; FVD with its bootstrap interval)", name="metrics-per-checkpoint")
+             "interval over videos; FVD with its half-sampling interval)", name="metrics-per-checkpoint")
     if len(categories) > 1 or len(order) > 1:
         r.figure(_per_category_figure(order, by_ck, categories, "quality"), "Quality per category and checkpoint",
                  name="quality-per-category")
@@ -357,28 +509,73 @@ def _build_report(order, ck_rows, deltas, by_ck, categories, fvd_by, records, su
 
     if contact_sheets:
         r.heading("Contact sheets")
-        r.paragraph("Eight evenly spaced frames of every generated video, grouped by prompt.")
-        by_prompt: dict[str, list[dict]] = {}
+        r.paragraph(f"Per prompt and seed, the same eight evenly spaced frames of every checkpoint, one row each "
+                    f"({' | '.join(order)}), so changes are seen side by side.")
+        groups: dict[tuple[str, str], list[dict]] = {}
         for rec in records:
             if rec.get("contact_sheet"):
-                by_prompt.setdefault(str(rec.get("prompt_id")), []).append(rec)
-        for p, recs in sorted(by_prompt.items()):
+                groups.setdefault((str(rec.get("prompt_id")), str(rec.get("seed"))), []).append(rec)
+        for (p, seed), recs in sorted(groups.items()):
+            recs = sorted(recs, key=lambda x: order.index(x["checkpoint"]) if x["checkpoint"] in order else 99)
             first = recs[0]
-            r.heading(f"{p} ({first.get('category')}): {str(first.get('prompt') or '')[:160]}", 3)
-            for rec in sorted(recs, key=lambda x: (order.index(x["checkpoint"]) if x["checkpoint"] in order
-                                                   else 99, str(x.get("seed")))):
-                m = rec.get("metrics") or {}
-                cap = (f"{rec['checkpoint']} seed {rec.get('seed')}: grade {rec.get('grade')}, "
-                       f"clip_cosine {_fmt(m.get('clip_cosine'))}, quality {_fmt(m.get('quality'))}")
+            caption = (f"{p} seed {seed} ({first.get('category')}): {str(first.get('prompt') or '')[:160]} -- " +
+                       " | ".join(f"{x['checkpoint']} grade {x.get('grade')}, quality "
+                                  f"{_fmt((x.get('metrics') or {}).get('quality'))}" for x in recs))
+            sheets = []
+            for x in recs:
                 try:
-                    r.figure(storage.read_bytes(rec["contact_sheet"]), cap, name=f"sheet-{rec['key']}")
+                    sheets.append(storage.read_bytes(x["contact_sheet"]))
                 except NotFound:
-                    r.paragraph(f"{cap} (contact sheet missing)", "muted")
+                    continue
+            if sheets:
+                r.figure(_stack_sheets(sheets), caption, name=f"sheets-{p}-{seed}")
+            else:
+                r.paragraph(f"{caption} (contact sheets missing)", "muted")
     rejected = [rec for rec in records if rec.get("error")]
     if rejected:
         r.heading("Rejected videos")
         r.table(["video", "reason"], [[x["video"], x["error"]] for x in rejected])
     return r
+
+
+def _stack_sheets(sheets: list[bytes]) -> bytes:
+    """Contact strips stacked top to bottom (one row per checkpoint) as one PNG."""
+    import io
+
+    from PIL import Image
+
+    imgs = [Image.open(io.BytesIO(b)).convert("RGB") for b in sheets]
+    out = Image.new("RGB", (max(i.width for i in imgs), sum(i.height for i in imgs)), (255, 255, 255))
+    y = 0
+    for i in imgs:
+        out.paste(i, (0, y))
+        y += i.height
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _delta_figure(rows: list[Delta], cfg: dict):
+    """Horizontal bars of % change per metric with 95% intervals, oriented so that right is better."""
+    fig, ax = new_figure(7.0, 0.45 * len(rows) + 1.2)
+    y = np.arange(len(rows))
+    sign = [-1.0 if d.metric in cfg["verdict"]["lower_is_better"] else 1.0 for d in rows]
+    scale = [100.0 / abs(d.value_a) if d.value_a else float("nan") for d in rows]
+    mid = [s * d.percent for s, d in zip(sign, rows)]
+    lo = [s * k * (d.ci_low if s > 0 else d.ci_high) for s, k, d in zip(sign, scale, rows)]
+    hi = [s * k * (d.ci_high if s > 0 else d.ci_low) for s, k, d in zip(sign, scale, rows)]
+    err = np.array([[max(m - l_, 0) if _finite(l_) else 0 for m, l_ in zip(mid, lo)],
+                    [max(h - m, 0) if _finite(h) else 0 for m, h in zip(mid, hi)]])
+    colours = [{"improved": "tab:green", "worse": "tab:red"}.get(d.verdict, "tab:gray") for d in rows]
+    ax.barh(y, mid, xerr=err, color=colours, capsize=3, alpha=0.8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [f"{d.metric} ({d.verdict})" for d in rows], fontsize=8)
+    ax.set_xlabel("% change (right = better)")
+    span = max([abs(v) for v in (*mid, *lo, *hi) if _finite(v)] + [1.0])
+    ax.set_xlim(-1.1 * span, 1.1 * span)   # symmetric around 0: the axis does not magnify a small change
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def _fmt(v) -> str:
@@ -416,6 +613,10 @@ def _metric_per_checkpoint_figure(order, by_ck, fvd_by):
         ax.errorbar(x, vals, yerr=err, marker="o", capsize=3)
         ax.set_xticks(x, order, rotation=30, fontsize=8)
         ax.set_title(m, fontsize=10)
+        # From 0 (and to the top of bounded scales): an autoscaled axis turns a noise-sized gap into a cliff.
+        top = {"quality": 100.0, "clip_cosine": 1.0, "temporal_consistency": 1.0, "sharpness": 1.0,
+               "colour_diversity": 1.0}.get(m)
+        ax.set_ylim(bottom=min([0.0, *(v for v in vals if _finite(v))]), top=top)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

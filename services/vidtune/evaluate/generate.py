@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 
 from vidtune.platform.errors import InvalidArgument, JobCancelled
+from vidtune.platform.limits import limits
+from vidtune.platform.media import check_image_pixels
 from vidtune.platform.storage import Storage, basename, is_s3, join
 
 from .prompts import PromptItem, load_prompts
@@ -114,6 +116,10 @@ class GenerationSettings:
             errors.append(f"steps must be >= 1 (got {self.steps})")
         if not self.seeds:
             errors.append("give at least one seed")
+        try:
+            limits().check_generation(self.height, self.width, self.num_frames, self.steps, len(self.seeds))
+        except InvalidArgument as e:
+            errors.append(str(e))
         if self.dtype not in ("float32", "float16", "bfloat16"):
             errors.append(f"dtype must be float32, float16 or bfloat16 (got {self.dtype})")
         if errors:
@@ -148,7 +154,9 @@ def _first_frame(uri: str, s: GenerationSettings, storage: Storage):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB")
+        data = storage.read_bytes(uri)
+        check_image_pixels(data, f"first frame {uri}")
+        img = Image.open(io.BytesIO(data)).convert("RGB")
     except UnidentifiedImageError:
         raise InvalidArgument(f"first frame {uri} is not a readable image") from None
     return img.resize((s.width, s.height), Image.BICUBIC)

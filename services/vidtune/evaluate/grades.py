@@ -44,13 +44,13 @@ def load_config(uri: str | None = None, storage: Storage | None = None) -> dict:
     _check_rules(cfg["acceptance"], f"{where}: acceptance")
     cfg.setdefault("verdict", {})
     cfg["verdict"].setdefault("confidence", 0.95)
-    cfg["verdict"].setdefault("bootstrap", 1000)
-    cfg["verdict"].setdefault("lower_is_better", ["flicker", "fvd"])
+    cfg["verdict"].setdefault("lower_is_better", ["flicker", "frame_difference", "fvd", "frozen"])
     cfg["verdict"].setdefault("min_relative_change", 0.0)
     cfg.setdefault("fvd", {})
     cfg["fvd"].setdefault("size", 224)
-    cfg["fvd"].setdefault("bootstrap", 200)
     cfg["fvd"].setdefault("min_reliable_clips", 256)
+    cfg["fvd"].setdefault("threshold_clips", cfg["fvd"]["min_reliable_clips"])
+    cfg["fvd"].setdefault("subsamples", 200)
     cfg["source"] = where
     return cfg
 
@@ -71,31 +71,53 @@ def _finite(v) -> bool:
 
 
 def quality_components(metrics: dict, cfg: dict) -> dict[str, float]:
-    """Each quality component in [0, 1] (see grades.yaml); components that cannot be computed are absent."""
+    """Each quality component in [0, 1] (formulas in grades.yaml); components that cannot be computed are absent."""
     q = cfg["quality"]
     out = {}
-    if _finite(metrics.get("clip_cosine")):
-        out["clip"] = max(metrics["clip_cosine"], 0.0)
+    cos = metrics.get("clip_cosine")
+    if _finite(cos):
+        lo, hi = float(q.get("clip_floor", 0.15)), float(q.get("clip_full", 0.35))
+        out["clip"] = min(max((cos - lo) / (hi - lo), 0.0), 1.0)
     if _finite(metrics.get("temporal_consistency")):
         out["temporal_consistency"] = min(max(metrics["temporal_consistency"], 0.0), 1.0)
     if _finite(metrics.get("sharpness_lapvar")):
         lv = metrics["sharpness_lapvar"]
         out["sharpness"] = lv / (lv + float(q.get("sharpness_reference", 100.0)))
     if _finite(metrics.get("colour_diversity")):
-        out["colour_diversity"] = metrics["colour_diversity"]
+        out["colour_diversity"] = min(max(metrics["colour_diversity"], 0.0), 1.0)
     if _finite(metrics.get("flicker")):
-        out["stability"] = 1.0 / (1.0 + metrics["flicker"] / float(q.get("flicker_reference", 2.0)))
+        out["stability"] = 1.0 / (1.0 + (metrics["flicker"] / float(q.get("flicker_reference", 5.0))) ** 2)
+    if _finite(metrics.get("motion")):
+        out["dynamics"] = min(metrics["motion"] / float(q.get("motion_reference", 2.0)), 1.0)
     return out
 
 
-def quality_score(metrics: dict, cfg: dict) -> float:
-    """100 * weighted mean of the available components; NaN when none is available."""
+def missing_components(metrics: dict, cfg: dict) -> list[str]:
+    """Weighted quality components that were not measured (then there is no overall score)."""
     comps = quality_components(metrics, cfg)
-    weights = {k: float(w) for k, w in cfg["quality"]["weights"].items() if k in comps}
-    total = sum(weights.values())
-    if total <= 0:
+    return [k for k, w in cfg["quality"]["weights"].items() if float(w) > 0 and k not in comps]
+
+
+def quality_score(metrics: dict, cfg: dict) -> float:
+    """100 * weighted GEOMETRIC mean of the components, each floored at `quality.floor`; NaN unless every
+    weighted component was measured. A geometric mean lets one failed component (noise: no stability; a
+    frozen or blank video: no dynamics) pull the whole score down, where an average would let the others
+    (sharpness and colour reward noise) carry it."""
+    comps = quality_components(metrics, cfg)
+    weights = {k: float(w) for k, w in cfg["quality"]["weights"].items() if float(w) > 0}
+    if any(k not in comps for k in weights):
         return float("nan")
-    return 100.0 * sum(w * comps[k] for k, w in weights.items()) / total
+    floor = float(cfg["quality"].get("floor", 0.01))
+    total = sum(weights.values())
+    return 100.0 * math.exp(sum(w * math.log(max(comps[k], floor)) for k, w in weights.items()) / total)
+
+
+def graded_metrics(cfg: dict) -> list[str]:
+    """Every metric a grade depends on: the overall score and each metric a grade rule names."""
+    names = ["quality"]
+    for g in cfg["grades"]:
+        names += [m for m in (g.get("rules") or {}) if m not in names]
+    return names
 
 
 def check_rules(metrics: dict, rules: dict) -> list[dict]:
@@ -116,22 +138,39 @@ def check_rules(metrics: dict, rules: dict) -> list[dict]:
     return rows
 
 
+INCOMPLETE = "incomplete"
+
+
 def grade(metrics: dict, cfg: dict) -> tuple[str, list[dict]]:
-    """The first grade whose measured rules all pass, with those rule rows; the last grade otherwise."""
+    """The first grade whose rules all pass, with its rule rows; the last grade when none does.
+
+    "incomplete" (no letter) unless every graded metric was measured: a grade from part of the evidence
+    would look the same as a grade from all of it."""
     grades = cfg["grades"]
+    unmeasured = [m for m in graded_metrics(cfg) if not _finite(metrics.get(m))]
+    if unmeasured:
+        return INCOMPLETE, [{"metric": m, "op": "", "limit": None, "value": None, "status": "not measured"}
+                            for m in unmeasured]
     for g in grades:
         rows = check_rules(metrics, g.get("rules") or {})
-        if all(r["status"] != "fail" for r in rows):
+        if all(r["status"] == "pass" for r in rows):
             return str(g["grade"]), rows
     return str(grades[-1]["grade"]), check_rules(metrics, grades[-1].get("rules") or {})
 
 
-def acceptance(metrics: dict, cfg: dict) -> dict:
-    """{"passed": True | False | None (incomplete), "criteria": rule rows}."""
+def acceptance(metrics: dict, cfg: dict, fvd_set_size: int | None = None) -> dict:
+    """{"passed": True | False | None (incomplete), "criteria": rule rows}.
+
+    FVD thresholds hold for sets of `fvd.threshold_clips` clips (FVD is biased upward in small sets): an FVD
+    from a smaller set is "not comparable" with them, and acceptance is then incomplete."""
     rows = check_rules(metrics, cfg["acceptance"])
+    need = int(cfg["fvd"].get("threshold_clips", 0))
+    for r in rows:
+        if r["metric"] == "fvd" and r["status"] != "not measured" and (fvd_set_size or 0) < need:
+            r["status"] = f"not comparable ({fvd_set_size or 0} clips per set; the limit holds for {need})"
     if any(r["status"] == "fail" for r in rows):
         passed = False
-    elif any(r["status"] == "not measured" for r in rows):
+    elif any(r["status"] != "pass" for r in rows):
         passed = None
     else:
         passed = True

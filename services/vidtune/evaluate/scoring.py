@@ -20,18 +20,20 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 
 from vidtune.platform.errors import InvalidArgument, NotFound, VidtuneError
 from vidtune.platform.storage import Storage, basename, join
 
 from . import fvd as fvdlib
 from .clipscore import DEFAULT_CLIP_MODEL, ClipModel, load_clip, temporal_consistency, text_video_cosine
-from .framestats import colour_entropies, flicker, laplacian_variance, normalised_sharpness
-from .grades import acceptance, grade, load_config, quality_score
+from .framestats import frame_statistics, to_analysis
+from .grades import acceptance, grade, load_config, missing_components, quality_score
 from .prompts import DEFAULT_CATEGORY, PromptItem, load_prompts, read_rows
 from .videoio import contact_sheet, is_video, read_frames, uniform_indices
 
@@ -39,26 +41,37 @@ log = logging.getLogger("vidtune.evaluate.scoring")
 
 # Every metric a record carries: (formula, frame sampling, model, units). The report prints this table.
 METRIC_DOCS: dict[str, tuple[str, str, str, str]] = {
-    "clip_cosine": ("mean_t cos(E_img(frame_t), E_txt(prompt))", "sample_frames evenly spaced frames",
+    "clip_cosine": ("mean_t cos(E_img(frame_t), E_txt(prompt)); long prompts: mean of sentence-chunk embeddings",
+                    "sample_frames evenly spaced frames",
                     "open_clip (configurable; default xlm-roberta-base-ViT-B-32)", "cosine, -1..1"),
     "clip_score": ("100 * max(clip_cosine, 0)", "as clip_cosine", "as clip_cosine", "0..100"),
     "temporal_consistency": ("mean_t cos(E_img(frame_t), E_img(frame_t+1))", "adjacent pairs of the sampled frames",
                              "open_clip image tower", "cosine, -1..1 (1 = still)"),
-    "flicker": ("mean_t |Ybar_t - (Ybar_t-1 + Ybar_t+1)/2|, Ybar = mean luma", "all frames", "none",
-                "8-bit levels, lower is better"),
-    "sharpness_lapvar": ("mean_t Var(Laplacian(luma_t))", "sampled frames, native resolution", "none",
+    "flicker": ("mean_t mean_px |Y_t - warp(Y_t-1, Farneback flow t->t-1)|: change that motion does not explain",
+                "all frames, 240-line analysis size", "none (OpenCV optical flow)", "8-bit levels, lower is better"),
+    "frame_difference": ("mean_t mean_px |Y_t - Y_t-1| (VBench temporal_flickering before scaling)",
+                         "all frames, 240-line analysis size", "none", "8-bit levels; includes motion"),
+    "motion": ("median over pairs of the mean of the top 5 % optical-flow magnitudes (VBench dynamic degree)",
+               "all frames, 240-line analysis size", "none (OpenCV Farneback)", "analysis pixels per frame"),
+    "frozen": ("1 when >= half the frame pairs differ by < 0.5 levels mean luma", "all frames", "none",
+               "0/1 per video; per checkpoint the share of frozen videos"),
+    "sharpness_lapvar": ("mean_t Var(Laplacian(luma_t))", "sampled frames, 240-line analysis size", "none",
                          "squared 8-bit levels"),
     "sharpness": ("lapvar / (lapvar + sharpness_reference)", "as sharpness_lapvar", "none", "0..1 (0.5 at reference)"),
     "hue_entropy": ("entropy of 36-bin hue histogram (S,V >= 10%) / log 36", "sampled frames pooled", "none", "0..1"),
     "saturation_entropy": ("entropy of 32-bin saturation histogram / log 32", "sampled frames pooled", "none", "0..1"),
     "colour_diversity": ("(hue_entropy + saturation_entropy) / 2", "sampled frames pooled", "none", "0..1"),
-    "quality": ("100 * sum_i w_i c_i / sum_i w_i (weights in the grades config)", "as its components", "as components",
-                "0..100"),
+    "quality": ("100 * weighted geometric mean of components (grades config); none unless all measured",
+                "as its components", "as components", "0..100"),
     "fvd": ("|mu_g - mu_r|^2 + tr S_g + tr S_r - 2 tr sqrt(S_g^1/2 S_r S_g^1/2), clamped >= 0",
-            "first 16 consecutive frames per video, shorter side resized to fvd_size + centre crop, [-1,1]",
+            "first 16 consecutive frames per video (shorter videos discarded and counted), shorter side resized "
+            "to fvd_size + centre crop, [-1,1]",
             "I3D TorchScript (features, rescale=False, resize=False)", "squared feature units; per SET, lower is better"),
 }
 PER_VIDEO_METRICS = [m for m in METRIC_DOCS if m != "fvd"]
+METRICS_VERSION = 2     # bump when a formula changes, so stored records are scored again
+VIDEOS_PER_BATCH = 4    # videos decoded together (81 frames of 1280x720 RGB: 220 MB each); shared CLIP and I3D batches
+WORKERS = 2             # threads for decoding and OpenCV statistics (both release the GIL)
 
 
 @dataclass
@@ -77,7 +90,7 @@ class ScoreSettings:
 
     def fingerprint(self) -> str:
         keys = ("clip_model", "clip_weights", "i3d", "sample_frames", "fvd_size")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        blob = json.dumps({"metrics_version": METRICS_VERSION, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -99,34 +112,73 @@ class Scorer:
 
     def video_metrics(self, frames: np.ndarray, prompt: str | None) -> tuple[dict, np.ndarray | None, dict]:
         """(metrics, I3D features or None, notes) of one decoded video."""
+        return self.batch_metrics([(frames, prompt)])[0]
+
+    def batch_metrics(self, videos: list[tuple[np.ndarray, str | None]]
+                      ) -> list[tuple[dict, np.ndarray | None, dict]]:
+        """(metrics, I3D features or None, notes) per decoded video. Each video's frames are resized once per
+        consumer (240-line analysis frames for the pixel statistics, CLIP's and I3D's own sizes); the pixel
+        statistics run on threads (OpenCV releases the GIL) while CLIP and I3D run batched across videos."""
         s = self.settings
-        idx = uniform_indices(len(frames), s.sample_frames)
-        sampled = frames[idx]
-        lapvar = float(laplacian_variance(sampled).mean())
-        hue_e, sat_e = colour_entropies(sampled)
-        m: dict = {k: float("nan") for k in PER_VIDEO_METRICS}  # every record names every metric
-        m.update({"sharpness_lapvar": lapvar,
-                   "sharpness": normalised_sharpness(lapvar, float(self.grades_cfg["quality"]
-                                                                   .get("sharpness_reference", 100.0))),
-                   "hue_entropy": hue_e, "saturation_entropy": sat_e, "colour_diversity": (hue_e + sat_e) / 2,
-                   "flicker": flicker(frames)})
-        notes: dict = {"sampled_frames": [int(i) for i in idx]}
-        if self.clip is not None:
-            emb = self.clip.encode_frames(sampled, s.batch_size)
-            m["temporal_consistency"] = temporal_consistency(emb)
+        ref = float(self.grades_cfg["quality"].get("sharpness_reference", 100.0))
+        idxs = [uniform_indices(len(f), s.sample_frames) for f, _ in videos]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            pixel = [pool.submit(pixel_statistics, f, idx, ref) for (f, _), idx in zip(videos, idxs)]
+            clip_out = self._clip_batch(videos, idxs)
+            feats = self._i3d_batch([f for f, _ in videos])
+            pixel = [p.result() for p in pixel]
+        out = []
+        for k, (frames, prompt) in enumerate(videos):
+            m: dict = {key: float("nan") for key in PER_VIDEO_METRICS}  # every record names every metric
+            m.update(pixel[k])
+            m.update(clip_out[k][0])
+            notes = {"sampled_frames": [int(i) for i in idxs[k]], **clip_out[k][1]}
+            if self.i3d is not None and feats[k] is None:
+                notes["fvd_clip"] = (f"discarded: {len(frames)} frames < {fvdlib.CLIP_FRAMES} (FVD protocol takes "
+                                     f"{fvdlib.CLIP_FRAMES} consecutive frames, no padding)")
+            m["quality"] = quality_score(m, self.grades_cfg)
+            missing = missing_components(m, self.grades_cfg)
+            if missing:
+                notes["quality"] = f"no overall score: {', '.join(missing)} not measured"
+            out.append((m, feats[k], notes))
+        return out
+
+    def _clip_batch(self, videos, idxs) -> list[tuple[dict, dict]]:
+        if self.clip is None:
+            return [({}, {}) for _ in videos]
+        emb = self.clip.encode_frames(np.concatenate([f[i] for (f, _), i in zip(videos, idxs)]), self.settings.batch_size)
+        prompts = [p for _, p in videos if p]
+        text = dict(zip(prompts, self.clip.encode_texts(prompts))) if prompts else {}
+        out, start = [], 0
+        for (_, prompt), idx in zip(videos, idxs):
+            e = emb[start:start + len(idx)]
+            start += len(idx)
+            m, notes = {"temporal_consistency": temporal_consistency(e)}, {}
             if prompt:
-                cos = text_video_cosine(emb, self.clip.encode_texts([prompt])[0])
+                cos = text_video_cosine(e, text[prompt])
                 m["clip_cosine"], m["clip_score"] = cos, 100.0 * max(cos, 0.0)
-                n_tok = self.clip.token_count(prompt)
-                notes["prompt_tokens"] = n_tok
-                notes["prompt_truncated"] = bool(n_tok > self.clip.context_length)
-        feats = None
-        if self.i3d is not None:
-            clip_t, padded = fvdlib.preprocess_clip(frames, s.fvd_size)
-            feats = fvdlib.i3d_features(self.i3d, clip_t[None])[0]
-            notes["fvd_clip_padded"] = padded
-        m["quality"] = quality_score(m, self.grades_cfg)
-        return m, feats, notes
+                plan = self.clip.caption_plan(prompt)
+                notes.update({"prompt_tokens": plan["tokens"], "prompt_chunks": len(plan["chunks"]),
+                              "prompt_kept_share": plan["kept_share"]})
+            out.append((m, notes))
+        return out
+
+    def _i3d_batch(self, frames: list[np.ndarray]) -> list[np.ndarray | None]:
+        if self.i3d is None:
+            return [None] * len(frames)
+        usable = [k for k, f in enumerate(frames) if len(f) >= fvdlib.CLIP_FRAMES]
+        out: list[np.ndarray | None] = [None] * len(frames)
+        if usable:
+            clips = torch.stack([fvdlib.preprocess_clip(frames[k], self.settings.fvd_size) for k in usable])
+            for k, f in zip(usable, fvdlib.i3d_features(self.i3d, clips)):
+                out[k] = f
+        return out
+
+
+def pixel_statistics(frames: np.ndarray, sampled: np.ndarray, sharpness_reference: float) -> dict[str, float]:
+    """framestats on the video's 240-line analysis frames, each frame resized once."""
+    analysis = np.stack([to_analysis(f) for f in frames])
+    return frame_statistics(analysis, sampled, sharpness_reference)
 
 
 def _key(root: str, uri: str) -> str:
@@ -217,26 +269,29 @@ def score_videos(videos: str, out: str, prompts: str | None = None, settings: Sc
         warnings.append("CLIP weights are a tiny random test bundle: CLIP scores and grades are meaningless")
     if scorer.i3d is None:
         warnings.append("FVD not measured: no I3D TorchScript given (i3d)")
+    elif fvdlib.is_test_model(scorer.i3d):
+        warnings.append("I3D is a tiny random test model: FVD values are meaningless")
     elif not settings.reference:
         warnings.append("FVD not measured: no reference clips given (reference)")
 
     records: list[dict] = []
     total = len(uris)
-    for n, uri in enumerate(uris):
-        check_cancelled()
+    todo: list[tuple[str, str, str]] = []
+    for uri in uris:
         key = _key(root, uri)
         rec_uri = join(out, "records", f"{key}.json")
-        if storage.exists(rec_uri):
-            try:
-                old = json.loads(storage.read_text(rec_uri))
-                if old.get("fingerprint") == fp:
-                    records.append(old)
-                    progress(n + 1, total, f"reused {key}")
-                    continue
-            except ValueError:
-                pass
-        records.append(_score_one(uri, key, rec_uri, out, by_id, scorer, fp, storage))
-        progress(n + 1, total, f"scored {key}")
+        old = _reusable(storage, rec_uri, fp)
+        if old is not None:
+            records.append(old)
+            progress(len(records), total, f"reused {key}")
+        else:
+            todo.append((uri, key, rec_uri))
+    for start in range(0, len(todo), VIDEOS_PER_BATCH):
+        check_cancelled()
+        batch = todo[start:start + VIDEOS_PER_BATCH]
+        for rec in _score_batch(batch, out, by_id, scorer, fp, storage):
+            records.append(rec)
+            progress(len(records), total, f"scored {rec['key']}")
 
     # Grades follow the current config even for reused records.
     for r in records:
@@ -259,7 +314,7 @@ def score_videos(videos: str, out: str, prompts: str | None = None, settings: Sc
         agg["fvd"] = all_fvd.get("value", float("nan")) if all_fvd else float("nan")
         g, rows = grade(agg, scorer.grades_cfg)
         checkpoints[ck] = {"videos": len(recs), "metrics": agg, "grade": g, "grade_rules": rows,
-                           "acceptance": acceptance(agg, scorer.grades_cfg)}
+                           "acceptance": acceptance(agg, scorer.grades_cfg, fvd_set_size(all_fvd))}
     summary = {
         "videos": videos, "out": out, "prompts": prompts, "settings": asdict(settings), "fingerprint": fp,
         "clip": scorer.clip.describe() if scorer.clip else None, "grades_config": scorer.grades_cfg.get("source"),
@@ -272,6 +327,11 @@ def score_videos(videos: str, out: str, prompts: str | None = None, settings: Sc
     storage.write_text(join(out, "summary.json"), json.dumps(_clean(summary), ensure_ascii=False, indent=2),
                        "application/json")
     return _clean(summary)
+
+
+def fvd_set_size(row: dict | None) -> int:
+    """Clips on the smaller side of an FVD row (the size its value belongs to)."""
+    return min(int(row.get("n_generated") or 0), int(row.get("n_reference") or 0)) if row else 0
 
 
 def _fvd_warning_summary(rows: list[dict], min_reliable: int) -> list[str]:
@@ -289,37 +349,63 @@ def _fvd_warning_summary(rows: list[dict], min_reliable: int) -> list[str]:
     return out
 
 
-def _score_one(uri: str, key: str, rec_uri: str, out: str, by_id: dict, scorer: Scorer, fp: str,
-               storage: Storage) -> dict:
+def _reusable(storage: Storage, rec_uri: str, fp: str) -> dict | None:
+    """The stored record when it was made with the same settings (an interrupted run resumes)."""
+    if not storage.exists(rec_uri):
+        return None
+    try:
+        old = json.loads(storage.read_text(rec_uri))
+    except ValueError:
+        return None
+    return old if old.get("fingerprint") == fp else None
+
+
+def _identity(uri: str, key: str, by_id: dict, fp: str, storage: Storage) -> dict:
     side = _sidecar(storage, uri)
     pid = side.get("prompt_id") or key.rsplit("__", 1)[-1]
     item = by_id.get(pid) or by_id.get(basename(uri).rsplit(".", 1)[0])
-    prompt = side.get("prompt") or (item.prompt if item else None)
-    rec = {"video": uri, "key": key, "fingerprint": fp,
-           "checkpoint": side.get("checkpoint", "default"), "prompt_id": item.id if item else side.get("prompt_id"),
-           "prompt": prompt, "category": side.get("category") or (item.category if item else DEFAULT_CATEGORY),
-           "seed": side.get("seed"), "generation": side or None}
+    return {"video": uri, "key": key, "fingerprint": fp,
+            "checkpoint": side.get("checkpoint", "default"), "prompt_id": item.id if item else side.get("prompt_id"),
+            "prompt": side.get("prompt") or (item.prompt if item else None),
+            "category": side.get("category") or (item.category if item else DEFAULT_CATEGORY),
+            "seed": side.get("seed"), "generation": side or None}
+
+
+def _decode(uri: str, storage: Storage) -> tuple[np.ndarray, float] | VidtuneError:
     try:
         with storage.local_copy(uri) as local:
-            frames, fps = read_frames(local)
-        metrics, feats, notes = scorer.video_metrics(frames, prompt)
+            return read_frames(local)
     except VidtuneError as e:
-        rec["error"] = str(e)
+        return e
+
+
+def _score_batch(batch: list[tuple[str, str, str]], out: str, by_id: dict, scorer: Scorer, fp: str,
+                 storage: Storage) -> list[dict]:
+    """Decode a batch of videos once each (on threads), score them together, write one record per video."""
+    recs = [_identity(uri, key, by_id, fp, storage) for uri, key, _ in batch]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        decoded = list(pool.map(lambda b: _decode(b[0], storage), batch))
+    good = [k for k, d in enumerate(decoded) if not isinstance(d, VidtuneError)]
+    results = dict(zip(good, scorer.batch_metrics([(decoded[k][0], recs[k]["prompt"]) for k in good]))) if good else {}
+    for k, ((uri, key, rec_uri), rec) in enumerate(zip(batch, recs)):
+        if k not in results:
+            rec["error"] = str(decoded[k])
+            log.warning("rejected %s: %s", uri, decoded[k])
+        else:
+            frames, fps = decoded[k]
+            metrics, feats, notes = results[k]
+            rec.update({"frames": int(len(frames)), "fps": fps, "height": int(frames.shape[1]),
+                        "width": int(frames.shape[2]), "metrics": _clean(metrics), "notes": notes,
+                        "grade": grade(metrics, scorer.grades_cfg)[0], "error": None})
+            if rec["prompt"] is None:
+                rec["notes"]["clip"] = "no prompt for this video: CLIP text score not measured"
+            sheet_uri = join(out, "contact", f"{key}.png")
+            storage.write_bytes(sheet_uri, contact_sheet(frames, label=f"{rec['checkpoint']} {key}"), "image/png")
+            rec["contact_sheet"] = sheet_uri
+            if feats is not None:
+                rec["features"] = _save_npy(storage, join(out, "features", f"{key}.npy"), feats)
         storage.write_text(rec_uri, json.dumps(rec, ensure_ascii=False), "application/json")
-        log.warning("rejected %s: %s", uri, e)
-        return rec
-    rec.update({"frames": int(len(frames)), "fps": fps, "height": int(frames.shape[1]),
-                "width": int(frames.shape[2]), "metrics": _clean(metrics), "notes": notes,
-                "grade": grade(metrics, scorer.grades_cfg)[0], "error": None})
-    if prompt is None:
-        rec["notes"]["clip"] = "no prompt for this video: CLIP text score not measured"
-    sheet_uri = join(out, "contact", f"{key}.png")
-    storage.write_bytes(sheet_uri, contact_sheet(frames, label=f"{rec['checkpoint']} {key}"), "image/png")
-    rec["contact_sheet"] = sheet_uri
-    if feats is not None:
-        rec["features"] = _save_npy(storage, join(out, "features", f"{key}.npy"), feats)
-    storage.write_text(rec_uri, json.dumps(rec, ensure_ascii=False), "application/json")
-    return rec
+    return recs
 
 
 def _save_npy(storage: Storage, uri: str, arr: np.ndarray) -> str:
@@ -336,7 +422,7 @@ def reference_features(reference: str, out: str, scorer: Scorer, storage: Storag
                        check_cancelled: Callable[[], None] = lambda: None) -> dict[str, list[np.ndarray]]:
     """I3D features of reference clips by category, cached under out/reference/ (skipped when present)."""
     by_cat: dict[str, list[np.ndarray]] = {}
-    index = []
+    index, skipped = [], []
     root = reference.rstrip("/")
     for uri, cat in list_reference(reference, storage):
         check_cancelled()
@@ -348,10 +434,11 @@ def reference_features(reference: str, out: str, scorer: Scorer, storage: Storag
             try:
                 with storage.local_copy(uri) as local:
                     frames, _ = read_frames(local, max_frames=fvdlib.CLIP_FRAMES)
+                clip_t = fvdlib.preprocess_clip(frames, scorer.settings.fvd_size)
             except VidtuneError as e:
                 log.warning("skipping reference clip %s: %s", uri, e)
+                skipped.append({"video": uri, "category": cat, "reason": str(e)})
                 continue
-            clip_t, _ = fvdlib.preprocess_clip(frames, scorer.settings.fvd_size)
             feats = fvdlib.i3d_features(scorer.i3d, clip_t[None])[0]
             _save_npy(storage, fu, feats)
         by_cat.setdefault(cat, []).append(feats)
@@ -359,6 +446,9 @@ def reference_features(reference: str, out: str, scorer: Scorer, storage: Storag
     # The comparison stage recomputes FVD deltas from these, so it needs to know each clip's category.
     storage.write_text(join(out, "reference", "index.json"), json.dumps(index, ensure_ascii=False, indent=1),
                        "application/json")
+    if skipped:
+        storage.write_text(join(out, "reference", "discarded.json"), json.dumps(skipped, ensure_ascii=False,
+                                                                                  indent=1), "application/json")
     return by_cat
 
 
@@ -369,7 +459,11 @@ def _set_fvd(records: list[dict], out: str, settings: ScoreSettings, scorer: Sco
         return {}
     cfg = scorer.grades_cfg["fvd"]
     gen: dict[tuple[str, str], list[np.ndarray]] = {}
+    discarded: dict[tuple[str, str], int] = {}
     for r in records:
+        if (r.get("notes") or {}).get("fvd_clip", "").startswith("discarded"):
+            for k in ((r["checkpoint"], r["category"]), (r["checkpoint"], "all")):
+                discarded[k] = discarded.get(k, 0) + 1
         if r.get("features"):
             f = load_npy(storage, r["features"])
             gen.setdefault((r["checkpoint"], r["category"]), []).append(f)
@@ -384,8 +478,11 @@ def _set_fvd(records: list[dict], out: str, settings: ScoreSettings, scorer: Sco
             row.update({"value": None, "n_generated": len(feats), "n_reference": 0,
                         "warnings": [f"no reference clips for category {cat!r}"]})
         else:
-            res = fvdlib.fvd_with_ci(np.stack(feats), np.stack(ref_set), n_boot=int(cfg["bootstrap"]),
+            res = fvdlib.fvd_with_ci(np.stack(feats), np.stack(ref_set), n_sub=int(cfg["subsamples"]),
                                      min_reliable=int(cfg["min_reliable_clips"]))
             row.update(res.to_dict())
+            row["archive_overall"] = fvdlib.archive_overall(res.value)
+        row["protocol"] = fvdlib.PROTOCOL
+        row["n_discarded_short"] = discarded.get((ck, cat), 0)
         table[f"{ck}/{cat}"] = row
     return table

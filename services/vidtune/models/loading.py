@@ -66,6 +66,16 @@ def _local_dir(location: str, storage: Storage, cache_dir: Path, what: str) -> s
     return str(cached_local(location, storage, what, root=cache_dir / "objects"))
 
 
+def weight_locations(weights: Weights) -> list[str]:
+    """Every path or URI a weights value names (a root, or a dict of roles to a location or a list)."""
+    if not weights:
+        return []
+    if isinstance(weights, str):
+        return [weights]
+    values = weights.values() if isinstance(weights, dict) else [weights]
+    return [str(x) for v in values for x in (v if isinstance(v, (list, tuple)) else [v]) if x]
+
+
 @dataclass
 class ResolvedWeights:
     """Local files for each role and the tokenizer directory, ready for DiffSynth's ModelConfig."""
@@ -86,6 +96,8 @@ def resolve_weights(spec_or_name: ModelSpec | str, weights: Weights = None, role
     spec = get_spec(spec_or_name)
     cache = Path(cache_dir or default_cache_dir())
     storage = storage or Storage()
+    for location in weight_locations(weights):  # given by a caller: its storage's policy decides
+        storage.check(location, f"weights of {spec.name}")
     if weights is None or weights == "":
         if not spec.tiny:
             raise InvalidArgument(f"model {spec.name} needs weights: a directory or s3:// prefix with its files "
@@ -216,7 +228,7 @@ def load_pipeline(spec_or_name: ModelSpec | str, weights: Weights = None, device
         target = getattr(pipe, entry["role"], None)
         if target is None:
             raise InvalidArgument(f"LoRA {entry['path']} targets {entry['role']}, which {spec.name} does not load")
-        local = _expand(entry["path"], "*.safetensors", storage, cache, "LoRA")[0]
+        local = _expand(storage.check(entry["path"], "LoRA"), "*.safetensors", storage, cache, "LoRA")[0]
         with _loader_prints_to_debug_log():
             pipe.load_lora(target, local, alpha=float(entry["alpha"]))
     return pipe

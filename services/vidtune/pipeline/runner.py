@@ -328,7 +328,7 @@ def verdicts_of(report: dict) -> list[dict]:
     out = []
     for name, row in report.get("checkpoints", {}).items():
         against = {d["metric"]: d["verdict"] for d in report.get("deltas", [])
-                   if d.get("scope") == "overall" and d.get("b") == name}
+                   if d.get("scope") == "overall" and d.get("b") == name and d.get("a") == report.get("baseline")}
         out.append({"checkpoint": name, "grade": row.get("grade"), "verdicts": against})
     return out
 

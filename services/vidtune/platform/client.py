@@ -46,11 +46,20 @@ def token(explicit: str | None = None) -> str | None:
 class ServiceClient:
     """A channel to one service plus the call metadata (bearer token) every call carries."""
 
-    def __init__(self, service: str, endpoint: str | None = None, bearer: str | None = None, timeout: float = 30):
+    def __init__(self, service: str, endpoint: str | None = None, bearer: str | None = None, timeout: float = 30,
+                 tls: bool | None = None, ca: str | None = None, insecure_token: bool | None = None):
+        from . import tls as tls_
+
+        env = os.environ
+        ca = ca or env.get("VIDTUNE_TLS_CA_FILE") or None
+        secure = bool(ca) or (env.get("VIDTUNE_TLS") == "1" if tls is None else tls)
+        allow = env.get("VIDTUNE_ALLOW_INSECURE_TOKEN") == "1" if insecure_token is None else insecure_token
         self.service = service
         self.endpoint = endpoint_for(service, endpoint)
-        self.channel = grpc.insecure_channel(self.endpoint)
         t = token(bearer)
+        tls_.check_token_transport(self.endpoint, secure, bool(t), allow)
+        self.channel = tls_.client_channel(self.endpoint, secure, ca, env.get("VIDTUNE_TLS_CLIENT_CERT_FILE"),
+                                           env.get("VIDTUNE_TLS_CLIENT_KEY_FILE"))
         self.metadata = [("authorization", f"Bearer {t}")] if t else []
         self.timeout = timeout
 
@@ -115,11 +124,22 @@ def add_client_args(parser) -> None:
     parser.add_argument("--endpoint", help="host:port of the service (default: env, local stack, default port)")
     parser.add_argument("--token", help="bearer token (default: VIDTUNE_TOKEN_FILE, VIDTUNE_TOKEN, local stack)")
     parser.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+    parser.add_argument("--tls", action="store_true", default=None,
+                        help="connect with TLS (default: VIDTUNE_TLS=1, or on when --ca is given)")
+    parser.add_argument("--ca", help="CA certificate file to verify the service (default: VIDTUNE_TLS_CA_FILE)")
+    parser.add_argument("--insecure-token", action="store_true", default=None,
+                        help="send the token over plaintext to a non-loopback host (a trusted network only)")
 
 
 def submit_and_follow(service: str, args, submit) -> int:
     """Call `submit(client)` (which returns a Job), print its id, and with --watch follow it to the end."""
-    with ServiceClient(service, args.endpoint, args.token) as client:
+    try:
+        client = ServiceClient(service, args.endpoint, args.token, tls=args.tls, ca=args.ca,
+                               insecure_token=args.insecure_token)
+    except FailedPrecondition as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with client:
         try:
             job = submit(client)
         except grpc.RpcError as e:

@@ -45,6 +45,7 @@ import grpc
 
 from .errors import (Conflict, FailedPrecondition, InvalidArgument, JobCancelled, JobInterrupted, NotFound,
                      Unavailable, status_code_name)
+from .limits import limits
 from .storage import Storage, join
 
 log = logging.getLogger("vidtune.jobs")
@@ -560,6 +561,7 @@ class JobIndex:
     def __init__(self, store: JobStore, read_threads: int = 8):
         self.store = store
         self._records: dict[str, dict] = {}
+        self._unreadable: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix=f"{store.service}-index")
         self.filled = threading.Event()
@@ -570,8 +572,11 @@ class JobIndex:
             stale = [i for i in ids if i not in self._records or self._records[i]["state"] not in TERMINAL]
             for gone in set(self._records) - set(ids):
                 del self._records[gone]
+        stale = [i for i in stale if i not in self._unreadable]
         for job_id, record in zip(stale, self._pool.map(self.store.try_load, stale)):
-            if record is not None:
+            if record is None:
+                self._unreadable.add(job_id)  # warned once; not read again by every scan
+            else:
                 self.put(record)
         self.filled.set()
 
@@ -677,7 +682,8 @@ class JobManager:
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
-            t.join(timeout)
+            if t.ident is not None:  # a stop can come before the start (SIGTERM during start-up)
+                t.join(timeout)
 
     # -- API used by the gRPC layer and the CLI
     def submit(self, kind: str, spec: dict, backend: str = "inprocess", labels: dict | None = None) -> dict:
@@ -694,6 +700,10 @@ class JobManager:
         problems = spec_problems(spec, self.store.root)
         if problems:
             raise InvalidArgument("; ".join(problems))
+        if not self.index.filled.is_set():
+            with self.storage.patience(5.0):
+                self.index.refresh()
+        limits().admit(self.index.unfinished(), backend, self.service)  # RESOURCE_EXHAUSTED when full
         rec = new_record(self.service, kind, spec, backend, labels)
         with self.storage.patience(5.0):  # a caller is waiting: UNAVAILABLE soon rather than a hung call
             self.store.create(rec)  # before launching: the launched worker loads it

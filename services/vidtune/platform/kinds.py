@@ -16,6 +16,7 @@ from typing import Callable
 
 from .errors import InvalidArgument
 from .jobs import Handler, new_record, run_in_process
+from .limits import limits
 from .storage import Storage, require_object_uris
 
 
@@ -29,13 +30,14 @@ class JobKind:
     check: Callable[[dict], list[str]] | None = None   # further problems with a spec, each naming its field
     to_spec: Callable[[object], dict] | None = None    # request message -> spec (default: its fields as a dict)
     placement: Callable[[dict], dict] | None = None    # record -> Kubernetes Job overrides (GPUs, memory, deadline)
+    nested_locations: Callable[[dict], dict[str, list[str]]] | None = None  # spec -> locations named inside it
 
     @property
     def service(self) -> str:
         return self.name.split(".", 1)[0]
 
     def problems(self, spec: dict) -> list[str]:
-        problems = [f"{n}: required" for n in self.required if not spec.get(n)]
+        problems = [f"{n}: required" for n in self.required if not spec.get(n)] + limits().spec_problems(spec)
         if not problems and self.check is not None:
             problems += self.check(spec)
         return problems
@@ -53,6 +55,8 @@ class JobKind:
             value = spec.get(name)
             if value:
                 require_object_uris(value if isinstance(value, (list, tuple)) else [value], name)
+        for name, values in (self.nested_locations(spec) if self.nested_locations else {}).items():
+            require_object_uris(values, name)
 
 
 def handlers(kinds: list[JobKind]) -> dict[str, Handler]:

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import InvalidArgument
+from .limits import limits
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts", ".mpg", ".mpeg",
                     ".mxf", ".flv", ".wmv", ".m4v", ".3gp"}
@@ -70,8 +71,9 @@ def probe_video(path: str | Path, label: str | None = None) -> VideoInfo:
             else:
                 duration = 0.0
             frames = int(v.frames) if v.frames else int(round(fps * duration))
-            rotation = _rotation(c)
             w, h = int(cc.width), int(cc.height)
+            limits().check_pixels(w, h, label)  # before the first frame is decoded
+            rotation = _rotation(c)
             dw, dh = (h, w) if rotation in (90, 270) else (w, h)
             pix = cc.pix_fmt or ""
             depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
@@ -96,3 +98,19 @@ def _rotation(container) -> int:
     except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
         return 0
     return int(round(deg)) % 360 // 90 * 90
+
+
+def check_image_pixels(source, label: str) -> tuple[int, int]:
+    """(width, height) of an image file or bytes, read from its header; refuses an image whose decoded size
+    exceeds VIDTUNE_MAX_PIXELS before a single pixel is decoded (a small PNG can decode to gigabytes)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            width, height = img.size  # header only: Image.open is lazy
+    except (UnidentifiedImageError, OSError) as e:
+        raise InvalidArgument(f"{label}: not a readable image ({e})") from None
+    limits().check_pixels(width, height, label)
+    return width, height

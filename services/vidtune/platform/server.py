@@ -24,6 +24,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tls
+from .access import service_policy
 from .errors import InvalidArgument, VidtuneError
 from .jobs import TERMINAL, JobManager, snapshot_key
 from .settings import jobs_root
@@ -397,7 +399,7 @@ def job_service(name: str, kinds: list, servicer_base: type, add_servicer: Calla
     from .launchers import service_launchers, start_reconciler
 
     launchers = service_launchers(name, placement_of(kinds)) if any(k.placement for k in kinds) else {}
-    manager = JobManager(name, storage or Storage(), jobs_root(), handlers(kinds), workers=job_workers,
+    manager = JobManager(name, storage or Storage(policy=service_policy()), jobs_root(), handlers(kinds), workers=job_workers,
                          launchers=launchers)
     return ServiceDefinition(name=name, servicers=[(add_servicer, submit_servicer(servicer_base, kinds)(manager))],
                              proto_services=[proto_service.full_name], manager=manager,
@@ -422,6 +424,7 @@ class Server:
         self.store_ok = True
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"{definition.name}-grpc", daemon=True)
+        self._started = threading.Event()   # start() has finished
         self._stopped = threading.Event()   # stop() has begun
         self._done = threading.Event()      # stop() has finished
         self._tasks: list[asyncio.Task] = []
@@ -458,12 +461,15 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server)
         self.service_names = names
-        self.port = self.grpc_server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        self.port = tls.add_port(self.grpc_server, f"{self.host}:{self.requested_port}")  # TLS when VIDTUNE_TLS_* name a cert
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         await self.grpc_server.start()
-        await self._set_health(True)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self.store_ok = await self._store_reachable()
+        if self.definition.manager is not None:
+            self.definition.manager.store_ok = self.store_ok
+        await self._set_health(self.store_ok)
         self._tasks.append(asyncio.ensure_future(self._watch_store()))
 
     async def _set_health(self, serving: bool) -> None:
@@ -471,16 +477,21 @@ class Server:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    async def _watch_store(self) -> None:
-        """Readiness follows the object store: NOT_SERVING (and Submit UNAVAILABLE) while it is away."""
+    async def _store_reachable(self) -> bool:
         manager = self.definition.manager
         if manager is None or not manager.store.root.startswith("s3://"):
-            return
+            return True
+        return await asyncio.get_running_loop().run_in_executor(None, manager.storage.reachable, 1.5)
+
+    async def _watch_store(self) -> None:
+        """Readiness follows the object store: NOT_SERVING (and Submit UNAVAILABLE) while it is away."""
         while True:
             await asyncio.sleep(self.store_check_interval)
-            ok = await asyncio.get_running_loop().run_in_executor(None, manager.storage.reachable, 1.5)
+            ok = await self._store_reachable()
             if ok != self.store_ok:
-                self.store_ok = manager.store_ok = ok
+                self.store_ok = ok
+                if self.definition.manager is not None:
+                    self.definition.manager.store_ok = ok
                 log.warning("object store %s", "reachable again: serving" if ok else "unreachable: NOT_SERVING")
                 await self._set_health(ok)
 
@@ -491,10 +502,13 @@ class Server:
     def start(self) -> "Server":
         """Bind and answer first (probes, reflection), then start the jobs: their first scan may wait on
         the store."""
-        self._thread.start()
-        self._on_loop(self._build(), timeout=30)
-        if self.definition.manager is not None:
-            self.definition.manager.start()
+        try:
+            self._thread.start()
+            self._on_loop(self._build(), timeout=30)
+            if self.definition.manager is not None and not self._stopped.is_set():
+                self.definition.manager.start()
+        finally:
+            self._started.set()
         log.info("%s serving on port %d", self.definition.name, self.port, extra={"service": self.definition.name})
         return self
 
@@ -504,6 +518,7 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._started.wait(60)  # a SIGTERM during start-up: let the start finish, then drain
         manager = self.definition.manager
         try:
             self._on_loop(self.health.enter_graceful_shutdown(), timeout=5)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
+from .access import LIST, READ, WRITE, AccessPolicy
 from .errors import Conflict, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,9 @@ def split_uri(uri: str, allowed_prefix: str = "") -> tuple[str, str]:
 
 
 def require_object_uris(values: list[str] | str, field_name: str) -> None:
-    """A service reads and writes only the object store, unless its operator allows local paths
-    (VIDTUNE_ALLOW_LOCAL_PATHS=1, set by the single-machine stack): a remote caller must never make a
-    pod read its own files."""
-    if os.environ.get("VIDTUNE_ALLOW_LOCAL_PATHS") == "1":
-        return
-    for v in [values] if isinstance(values, str) else values:
-        if v and not is_s3(v):
-            raise InvalidArgument(f"{field_name}: {v!r} is not an s3:// URI (this service reads and writes "
-                                  "only the object store)")
+    """Refuse at submit a request field this service's access policy would refuse inside the job
+    (a local path where they are off, a bad key, a bucket or prefix it may not use)."""
+    AccessPolicy.from_env().check_all(values, field_name)
 
 
 def join(base: str, *parts: str) -> str:
@@ -160,6 +155,9 @@ class Storage:
     """Read and write local paths and s3:// URIs through one interface."""
 
     config: S3Config = field(default_factory=S3Config.from_env)
+    # A service's storage carries its access policy and checks every URI it is given; None (a CLI run
+    # on the user's own files) checks only that object keys are well formed.
+    policy: AccessPolicy | None = None
     _client: object = field(default=None, init=False, repr=False)
     _buckets_seen: set = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -176,6 +174,10 @@ class Storage:
                       region=self.config.region, http_client=_http_pool()),
                 self.config.endpoint, self.config.outage_seconds)
         return self._client
+
+    def check(self, uri: str, what: str = "uri", purpose: str = READ) -> str:
+        """`uri` if this storage's policy lets it be used for `purpose`; else InvalidArgument with the reason."""
+        return self.policy.check(uri, what, purpose) if self.policy is not None else str(uri)
 
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
@@ -198,15 +200,27 @@ class Storage:
         except Exception:  # noqa: BLE001 - any failure means "not reachable now"
             return False
 
-    def _split(self, uri: str) -> tuple[str, str]:
+    def _split(self, uri: str, purpose: str = READ) -> tuple[str, str]:
+        self.check(uri, f"{purpose} of", purpose)
         return split_uri(uri, self.config.allowed_prefix)
 
+    def _local(self, uri: str, purpose: str = READ) -> bool:
+        """True for a local path this storage may use; s3:// URIs are checked when split."""
+        if is_s3(uri):
+            return False
+        self.check(uri, f"{purpose} of", purpose)
+        return True
+
     def ensure_bucket(self, uri_or_bucket: str) -> None:
-        bucket = self._split(uri_or_bucket)[0] if is_s3(uri_or_bucket) else uri_or_bucket
+        bucket = self._split(uri_or_bucket, WRITE)[0] if is_s3(uri_or_bucket) else uri_or_bucket
+        if self.policy is not None:
+            self.policy.check_bucket(bucket)
         with self._lock:
             if bucket in self._buckets_seen:
                 return
         if not self.client.bucket_exists(bucket):
+            if self.policy is not None:
+                self.policy.check_bucket_creation(bucket)
             from minio.error import S3Error
 
             try:
@@ -219,7 +233,7 @@ class Storage:
 
     # -- queries
     def exists(self, uri: str) -> bool:
-        if not is_s3(uri):
+        if self._local(uri):
             return Path(uri).exists()
         from minio.error import S3Error
 
@@ -233,7 +247,7 @@ class Storage:
             raise
 
     def size(self, uri: str) -> int:
-        if not is_s3(uri):
+        if self._local(uri):
             return Path(uri).stat().st_size
         bucket, key = self._split(uri)
         return self._stat(bucket, key).size
@@ -249,8 +263,9 @@ class Storage:
             raise
 
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
-        """Every file (object) below a directory or prefix, sorted, as paths or URIs."""
-        if not is_s3(prefix):
+        """Every file (object) below a directory or prefix, sorted, as paths or URIs; never anything outside
+        the allowed prefix (VIDTUNE_S3_PREFIX)."""
+        if self._local(prefix, LIST):
             root = Path(prefix)
             if root.is_file():
                 yield str(root)
@@ -262,12 +277,18 @@ class Storage:
                 if p.is_file():
                     yield str(p)
             return
+        self.check(prefix, "listing", LIST)
         bucket, key = split_uri(prefix)  # listing a prefix may name a folder-like key
+        allowed = self.config.allowed_prefix or (self.policy.prefix if self.policy else "")
+        if allowed and allowed.startswith(key):
+            key = allowed  # a parent of the allowed prefix lists only what is inside it
+        elif allowed and not key.startswith(allowed):
+            raise InvalidArgument(f"listing {prefix!r} is outside the allowed prefix {allowed!r}")
         from minio.error import S3Error
 
         try:
             for obj in self.client.list_objects(bucket, prefix=key or None, recursive=recursive):
-                if not obj.is_dir:
+                if not obj.is_dir and obj.object_name.startswith(allowed):
                     yield f"{S3_SCHEME}{bucket}/{obj.object_name}"
         except S3Error as e:
             if e.code != "NoSuchBucket":
@@ -275,7 +296,7 @@ class Storage:
 
     # -- bytes
     def read_bytes(self, uri: str) -> bytes:
-        if not is_s3(uri):
+        if self._local(uri):
             p = Path(uri)
             if not p.exists():
                 raise NotFound(f"{uri} does not exist")
@@ -286,14 +307,14 @@ class Storage:
         return self.read_bytes(uri).decode("utf-8")
 
     def write_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        if not is_s3(uri):
+        if self._local(uri, WRITE):
             p = Path(uri)
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.{threading.get_ident()}")
             tmp.write_bytes(data)
             os.replace(tmp, p)  # readers never see half a file
             return uri
-        bucket, key = self._split(uri)
+        bucket, key = self._split(uri, WRITE)
         self.ensure_bucket(bucket)
         self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
         return uri
@@ -310,14 +331,14 @@ class Storage:
 
     # -- files
     def upload(self, local_path: str | Path, uri: str, content_type: str | None = None) -> str:
-        if not is_s3(uri):
+        if self._local(uri, WRITE):
             dst = Path(uri)
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}.{threading.get_ident()}")
             shutil.copyfile(local_path, tmp)
             os.replace(tmp, dst)
             return uri
-        bucket, key = self._split(uri)
+        bucket, key = self._split(uri, WRITE)
         self.ensure_bucket(bucket)
         self.client.fput_object(bucket, key, str(local_path),
                                 content_type=content_type or _guess_type(str(local_path)))
@@ -325,13 +346,14 @@ class Storage:
 
     def download(self, uri: str, local_path: str | Path) -> Path:
         local_path = Path(local_path)
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        if not is_s3(uri):
+        if self._local(uri):
+            local_path.parent.mkdir(parents=True, exist_ok=True)
             if not Path(uri).exists():
                 raise NotFound(f"{uri} does not exist")
             shutil.copyfile(uri, local_path)
             return local_path
         bucket, key = self._split(uri)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
         self._stat(bucket, key)  # a clear NotFound instead of an S3Error
         self.client.fget_object(bucket, key, str(local_path))
         return local_path
@@ -339,7 +361,7 @@ class Storage:
     @contextlib.contextmanager
     def local_copy(self, uri: str, scratch: str | Path | None = None) -> Iterator[Path]:
         """A local path holding the content of `uri`: the file itself when local, a temp copy otherwise."""
-        if not is_s3(uri):
+        if self._local(uri):
             if not Path(uri).exists():
                 raise NotFound(f"{uri} does not exist")
             yield Path(uri)
@@ -381,11 +403,11 @@ class Storage:
         """Write `data` only if `uri` is still at `version` (None: only if it does not exist yet), in one
         atomic step on the store (S3 If-Match / If-None-Match). Returns the new version; raises Conflict
         when another writer changed the object first."""
-        if not is_s3(uri):
+        if self._local(uri, WRITE):
             return _write_local_if(Path(uri), data, version)
         from minio.error import S3Error
 
-        bucket, key = self._split(uri)
+        bucket, key = self._split(uri, WRITE)
         self.ensure_bucket(bucket)
         headers = {"Content-Type": content_type}
         headers.update({"If-None-Match": "*"} if version is None else {"If-Match": f'"{version}"'})
@@ -406,11 +428,11 @@ class Storage:
             raise Conflict(f"{uri} was changed by another writer") from None
 
     def delete(self, uri: str) -> None:
-        if not is_s3(uri):
+        if self._local(uri, WRITE):
             with contextlib.suppress(FileNotFoundError):
                 Path(uri).unlink()
             return
-        bucket, key = self._split(uri)
+        bucket, key = self._split(uri, WRITE)
         self.client.remove_object(bucket, key)
 
 

@@ -75,6 +75,13 @@ def request_spec(request) -> dict:
     return {k: v for k, v in spec.items() if v not in ("", 0)}
 
 
+def _weights_locations(spec: dict) -> dict[str, list[str]]:
+    """The weights a config names: a remote caller gets the same access policy for them as for `dataset`."""
+    from vidtune.models.loading import weight_locations
+
+    return {"config weights": weight_locations(config_of(spec).weights)}
+
+
 def _placement(record: dict) -> dict:
     from .placement import training_placement
 
@@ -83,6 +90,6 @@ def _placement(record: dict) -> dict:
 
 KINDS = [
     JobKind("train.run", train_run, rpc="SubmitTrain", locations=("dataset", "output"), check=spec_errors,
-            to_spec=request_spec, placement=_placement),
+            to_spec=request_spec, placement=_placement, nested_locations=_weights_locations),
 ]
 HANDLERS = handlers(KINDS)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from vidtune.platform.access import refusal
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument, JobCancelled, NotFound
 from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import media_type
@@ -29,6 +30,7 @@ META_DIR = "_meta"  # per-output facts, so a resumed batch reports skipped items
 class Item:
     input: str   # local path or s3:// URI
     rel: str     # path below the input root it was listed from; the output keeps this layout
+    refused: str = ""  # why the access policy refuses this input (recorded, never read)
 
     @property
     def kind(self) -> str:
@@ -68,10 +70,12 @@ class BatchSummary:
                 "report": self.report}
 
 
-def list_inputs(storage: Storage, inputs: Iterable[str]) -> list[Item]:
+def list_inputs(storage: Storage, inputs: Iterable[str], source: str = "inputs") -> list[Item]:
     """Expand directories/prefixes into their media files; single files are taken as given.
 
-    A text file ending in `.txt` is a manifest: one path or URI per line ('#' comments allowed).
+    A text file ending in `.txt` is a manifest: one path or URI per line ('#' comments allowed). An entry
+    the access policy refuses (a local path on a service, a bucket or prefix it may not use) becomes a
+    refused item with the reason, and is neither read, listed nor probed.
     """
     items: list[Item] = []
     seen: set[str] = set()
@@ -80,9 +84,16 @@ def list_inputs(storage: Storage, inputs: Iterable[str]) -> list[Item]:
         if not entry:
             continue
         entry = normalise(entry)  # "./archive" is listed as "archive/...": cut prefixes from the same spelling
+        reason = refusal(storage.policy, entry, source)
+        if reason:
+            if entry not in seen:
+                seen.add(entry)
+                items.append(Item(entry, basename(entry), refused=reason))
+            continue
         if entry.endswith(".txt") and not entry.endswith("/"):
             lines = storage.read_text(entry).splitlines()
-            items += [i for i in list_inputs(storage, [ln for ln in lines if not ln.lstrip().startswith("#")])
+            items += [i for i in list_inputs(storage, [ln for ln in lines if not ln.lstrip().startswith("#")],
+                                             f"manifest {entry}")
                       if i.input not in seen and not seen.add(i.input)]
             continue
         if _is_dir(storage, entry):
@@ -127,6 +138,8 @@ def transcode_item(storage: Storage, item: Item, output_root: str, profile: Prof
     out = output_uri(item, output_root, profile)
     res = ItemResult(input=item.input, status="ok", output=out, media_type=item.kind)
     try:
+        if item.refused:
+            raise InvalidArgument(item.refused)
         meta = meta_uri(output_root, out)
         if storage.exists(out) and storage.exists(meta):
             res = ItemResult(**json.loads(storage.read_text(meta)))
@@ -186,6 +199,12 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
                 word = "skipped" if r.skipped else r.status
                 progress(len(results), total, f"{word}: {basename(r.input)}")
             if cancelled():
+                # Collect the items in flight (a drain lets them finish; a cancel has killed their
+                # encoders), so the progress handed back counts every item whose output exists.
+                for fut in as_completed(list(pending)):
+                    i = pending.pop(fut)
+                    results[i] = r = fut.result()
+                    progress(len(results), total, f"{'skipped' if r.skipped else r.status}: {basename(r.input)}")
                 raise JobCancelled(f"cancelled after {len(results)} of {total} inputs")
     ordered = [results[i] for i in range(total)]
     storage.write_text(report_uri, "".join(r.as_json() + "\n" for r in ordered), "application/x-ndjson")

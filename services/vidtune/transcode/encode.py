@@ -18,7 +18,7 @@ import ffmpeg
 
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
 from vidtune.platform.jobs import ChildProcesses
-from vidtune.platform.media import SAFE_DEMUXERS, VideoInfo, probe_video
+from vidtune.platform.media import SAFE_DEMUXERS, VideoInfo, check_image_pixels, probe_video
 
 from .profiles import Profile
 
@@ -148,6 +148,7 @@ def encode_image(src: Path, dst: Path, profile: Profile, label: str,
                  processes: ChildProcesses | None = None) -> EncodeResult:
     import cv2
 
+    check_image_pixels(src, label)
     # IMREAD_COLOR applies EXIF orientation and gives 8-bit BGR from 16-bit, grey or alpha images.
     image = cv2.imread(str(src), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:

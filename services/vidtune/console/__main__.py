@@ -1,0 +1,5 @@
+import sys
+
+from vidtune.console.app import main
+
+sys.exit(main())
