@@ -138,3 +138,15 @@ def test_requests_aimed_at_job_records_or_with_bad_numbers_are_refused(serve, st
                 transcode_pb2_grpc.TranscodeServiceStub(ch).SubmitTranscode(request, metadata=AUTH, timeout=5)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
             assert any(w in e.value.details() for w in ("job records' prefix", "not a finite number", "'..' segment"))
+
+
+def test_a_config_with_a_yaml_tag_is_an_invalid_argument(serve, storage, jobs_root, bucket):
+    from vidtune.train.service import definition
+    from vidtune.v1 import train_pb2, train_pb2_grpc
+
+    _, endpoint = serve(definition(storage))
+    request = train_pb2.TrainRequest(preset="cpu-tiny", dataset=f"{bucket}/data", output=f"{bucket}/run",
+                                     config_yaml="lora_rank: !!python/object/apply:os.system ['true']")
+    with grpc.insecure_channel(endpoint) as ch, pytest.raises(grpc.RpcError) as e:
+        train_pb2_grpc.TrainServiceStub(ch).SubmitTrain(request, metadata=AUTH, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not valid YAML" in e.value.details()

@@ -72,3 +72,14 @@ def test_report_has_markdown_html_json_and_plots(tmp_path):
     data = json.loads((tmp_path / "s/stats.json").read_text())
     assert data["content_words"]["sampled_captions"] == 5 and data["content_words"]["analyser"] == "kiwipiepy"
     assert len(list((tmp_path / "s/figures").glob("*.png"))) >= 3 and uris["json"].endswith("stats.json")
+
+
+def test_content_sample_error_is_zero_for_a_full_sample_and_bounded_otherwise():
+    from vidtune.quality.stats import content_sample_error
+
+    captions = ["산에 나무가 많이 있다", "사람이 있는 거리의 풍경", "바다 위로 배가 지나간다", "강가의 나무와 새"] * 5
+    whole = content_sample_error(captions, sample=20, reference=20, top=5, seeds=2)
+    assert whole["top_overlap_min"] == 1.0 and whole["median_relative_error_mean"] == 0.0
+    part = content_sample_error(captions, sample=4, reference=20, top=5, seeds=5)
+    assert part["sample"] == 4 and part["reference"] == 20 and 0.0 <= part["top_overlap_mean"] <= 1.0
+    assert content_sample_error(captions, sample=4, reference=20, top=5, seeds=5) == part  # same seeds, same answer

@@ -6,7 +6,6 @@ import json
 import sys
 
 from vidtune.platform.client import CliProgress, add_client_args, submit_and_follow
-from vidtune.platform.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,41 +109,40 @@ def _submit(args, rpc_name: str, request_cls: str, spec: dict) -> int:
         cl.stub(evaluate_pb2_grpc.EvaluateServiceStub), rpc_name)(request, metadata=cl.metadata, timeout=cl.timeout))
 
 
+def _run(name: str, spec: dict, quiet: bool, unit: str) -> dict:
+    """In-process: the same validation and handler as a service job, reporting to a progress bar."""
+    from vidtune.platform.kinds import by_name, run_job
+
+    from .tasks import KINDS
+
+    with CliProgress(name.split(".")[1], unit, enabled=not quiet) as bar:
+        return run_job(by_name(KINDS)[name], spec, bar)
+
+
 def cmd_generate(args) -> int:
     spec = _generate_spec(args)
     if args.submit or args.backend:
         return _submit(args, "SubmitGenerate", "GenerateRequest", spec)
-    from .generate import generate_samples
-    from .tasks import generation_settings
-
-    with CliProgress("generate", "video", enabled=not args.quiet) as bar:
-        summary = generate_samples(spec["prompts"], spec["checkpoints"], spec["output"],
-                                   generation_settings(spec), Storage(), bar)
-    print(f"{summary['generated']} generated, {summary['skipped']} already there, {len(summary['failed'])} failed "
-          f"of {summary['total']}; videos: {summary['out']}", file=sys.stderr)
-    for f in summary["failed"]:
+    result = _run("evaluate.generate", spec, args.quiet, "video")
+    print(f"{result['generated']} generated, {result['skipped']} already there, {result['failed']} failed "
+          f"of {result['total']}; videos: {result['videos']}", file=sys.stderr)
+    for f in result["failures"]:
         print(f"  failed {f['video']}: {f['error']}", file=sys.stderr)
-    print(json.dumps({k: v for k, v in summary.items() if k != "videos"}, ensure_ascii=False))
-    return 3 if summary["failed"] else 0
+    print(json.dumps({k: v for k, v in result.items() if k != "failures"}, ensure_ascii=False))
+    return 3 if result["failed"] else 0
 
 
 def cmd_score(args) -> int:
     spec = _score_spec(args)
     if args.submit or args.backend:
         return _submit(args, "SubmitScore", "ScoreRequest", spec)
-    from .scoring import score_videos
-    from .tasks import score_settings
-
-    with CliProgress("score", "video", enabled=not args.quiet) as bar:
-        summary = score_videos(spec["videos"], spec["output"], spec["prompts"] or None, score_settings(spec),
-                               Storage(), bar)
-    for w in summary["warnings"]:
+    result = _run("evaluate.score", spec, args.quiet, "video")
+    for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    for r in summary["rejected"]:
+    for r in result["rejections"]:
         print(f"  rejected {r['video']}: {r['error']}", file=sys.stderr)
-    print(f"{summary['counts']['scored']} scored, {summary['counts']['rejected']} rejected; records: "
-          f"{spec['output']}", file=sys.stderr)
-    print(json.dumps({"checkpoints": summary["checkpoints"], "counts": summary["counts"]}, ensure_ascii=False))
+    print(f"{result['scored']} scored, {result['rejected']} rejected; records: {spec['output']}", file=sys.stderr)
+    print(json.dumps({"checkpoints": result["checkpoints"], "counts": result["counts"]}, ensure_ascii=False))
     return 0
 
 
@@ -152,11 +150,7 @@ def cmd_compare(args) -> int:
     spec = _compare_spec(args)
     if args.submit or args.backend:
         return _submit(args, "SubmitCompare", "CompareRequest", spec)
-    from .compare import compare_scores
-
-    with CliProgress("compare", "step", enabled=not args.quiet) as bar:
-        res = compare_scores(spec["scores"], spec["output"], spec["baseline"], spec["grades"] or None, Storage(),
-                             contact_sheets=not spec["no_contact_sheets"], progress=bar)
-    print(f"report: {res['report']}", file=sys.stderr)
-    print(json.dumps(res, ensure_ascii=False))
+    result = _run("evaluate.compare", spec, args.quiet, "step")
+    print(f"report: {result['report']}", file=sys.stderr)
+    print(json.dumps(result, ensure_ascii=False))
     return 0

@@ -59,8 +59,9 @@ def generate(ctx: JobContext) -> dict:
     summary = generate_samples(ctx.spec["prompts"], list(ctx.spec["checkpoints"]), ctx.spec["output"],
                                generation_settings(ctx.spec), ctx.storage, ctx.progress, ctx.check_cancelled,
                                scratch=ctx.scratch)
+    # The first failures with their reasons ride in the result, so a caller sees why at once.
     return {"videos": summary["out"], "generated": summary["generated"], "skipped": summary["skipped"],
-            "failed": len(summary["failed"]), "total": summary["total"]}
+            "failed": len(summary["failed"]), "total": summary["total"], "failures": summary["failed"][:50]}
 
 
 def score(ctx: JobContext) -> dict:
@@ -73,7 +74,9 @@ def score(ctx: JobContext) -> dict:
     summary = score_videos(ctx.spec["videos"], out, ctx.spec.get("prompts") or None, score_settings(ctx.spec),
                            ctx.storage, ctx.progress, ctx.check_cancelled)
     return {"scores": out, "summary": join(out, "summary.json"), "records": join(out, "scores.jsonl"),
-            "scored": summary["counts"]["scored"], "rejected": summary["counts"]["rejected"]}
+            "scored": summary["counts"]["scored"], "rejected": summary["counts"]["rejected"],
+            "counts": summary["counts"], "checkpoints": summary["checkpoints"], "warnings": summary["warnings"],
+            "rejections": summary["rejected"][:50]}
 
 
 def compare(ctx: JobContext) -> dict:

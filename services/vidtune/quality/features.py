@@ -11,6 +11,7 @@ the morphological analysis for content words lives in stats.py because it is far
 from __future__ import annotations
 
 import functools
+import os
 import unicodedata
 
 import numpy as np
@@ -71,60 +72,93 @@ def _chunks(caps: pa.Array):
         row = stop
 
 
-def _per_row(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Sum of a per-character mask over each row's [start, end) (empty rows give 0)."""
-    csum = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
-    return csum[offsets[1:]] - csum[offsets[:-1]]
+def _row_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum of `values` over each row's [start, end) (empty rows give 0), in one pass (no prefix sum)."""
+    n_rows = offsets.size - 1
+    out = np.zeros(n_rows, dtype=np.int64)
+    filled = offsets[1:] > offsets[:-1]
+    if values.size and filled.any():
+        out[filled] = np.add.reduceat(values, offsets[:-1][filled], dtype=np.int64)
+    return out
 
 
-def _mix(*arrays: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of several integer columns (FNV-style; collisions are negligible for counting)."""
-    h = np.full(arrays[0].shape, 0xCBF29CE484222325, dtype=np.uint64)
+_BASE = 0x9E3779B97F4A7C15          # odd, so it has an inverse modulo 2**64
+_BASE_INV = pow(_BASE, -1, 1 << 64)
+
+
+@functools.lru_cache(maxsize=4)
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """BASE**i and BASE**-i modulo 2**64 for i < n (n rounded up so few sizes are ever built)."""
+    pw, inv = np.empty(n, np.uint64), np.empty(n, np.uint64)
+    pw[0] = inv[0] = 1
+    step, step_inv = np.uint64(_BASE), np.uint64(_BASE_INV)
     with np.errstate(over="ignore"):
-        for a in arrays:
-            h ^= a.astype(np.uint64)
-            h *= np.uint64(0x100000001B3)
-            h ^= h >> np.uint64(29)
-    return h
-
-
-_POW = np.array([pow(0x9E3779B97F4A7C15, i + 1, 1 << 64) for i in range(256)], dtype=np.uint64)
+        filled = 1
+        while filled < n:  # doubling: pw[k + filled] = pw[k] * BASE**filled
+            take = min(filled, n - filled)
+            pw[filled:filled + take] = pw[:take] * step
+            inv[filled:filled + take] = inv[:take] * step_inv
+            step, step_inv = step * step, step_inv * step_inv
+            filled += take
+    return pw, inv
 
 
 def _chunk_words(cps: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each word, 64-bit hash of each word) for one chunk, in text order."""
+    """(row of each word, 64-bit hash of each word) for one chunk, in text order.
+
+    A word's hash is a polynomial over its code points taken from one prefix sum: sum(c[i] * B**i) over
+    [start, end), times B**-start, so equal words hash alike wherever they stand."""
     if cps.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    row_start = np.zeros(cps.size, bool)
-    starts = offsets[:-1][offsets[:-1] < offsets[1:]]
-    row_start[starts] = True
-    prev_space = np.concatenate(([True], space[:-1]))
-    word_start = ~space & (prev_space | row_start)
-    keep = ~space
-    ws = word_start[keep]
-    c = cps[keep].astype(np.uint64)
-    idx = np.arange(c.size)
-    first = np.flatnonzero(ws)
-    word_of = np.cumsum(ws) - 1
-    pos = (idx - first[word_of]) & 255
+    boundary = np.zeros(cps.size + 1, bool)  # a word cannot run over a row's end
+    boundary[offsets] = True
+    edge = np.empty(cps.size + 1, bool)  # is position i a word start (or a word end, below)?
+    edge[0] = ~space[0]
+    np.logical_and(~space[1:], space[:-1] | boundary[1:-1], out=edge[1:-1])
+    edge[-1] = False
+    starts = np.flatnonzero(edge[:-1])
+    edge[1:] = ~space & (np.append(space[1:], True) | boundary[1:])
+    edge[0] = False
+    ends = np.flatnonzero(edge)
+    pw, inv = _powers(1 << max(10, int(cps.size).bit_length()))
     with np.errstate(over="ignore"):
-        h = np.add.reduceat(c * _POW[pos], first) if first.size else np.zeros(0, np.uint64)
-    lengths = np.diff(np.concatenate((first, [c.size])))
-    word_rows = np.searchsorted(offsets, np.flatnonzero(word_start), side="right") - 1
-    return word_rows.astype(np.int64), _mix(h, lengths)
+        prefix = np.empty(cps.size + 1, np.uint64)
+        prefix[0] = 0
+        np.cumsum(cps.astype(np.uint64) * pw[:cps.size], out=prefix[1:])
+        h = (prefix[ends] - prefix[starts]) * inv[starts]
+    word_rows = np.searchsorted(offsets, starts, side="right") - 1
+    return word_rows.astype(np.int64), h
+
+
+def _parallel(fn, chunks) -> list:
+    """fn(*chunk) for every chunk on all cores (NumPy's kernels release the GIL, so threads overlap), with
+    few chunks in flight so the decoded text never sits in memory all at once."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    out, pending = [], deque()
+    with ThreadPoolExecutor(workers) as pool:
+        for chunk in chunks:
+            pending.append(pool.submit(fn, *chunk))
+            if len(pending) >= 2 * workers:
+                out.append(pending.popleft().result())
+        out.extend(f.result() for f in pending)
+    return out
 
 
 def word_tokens(caps: pa.Array) -> tuple[np.ndarray, np.ndarray, None]:
     """(row of each word, hash of each word, None) over all captions; equal words share a hash."""
-    rows, hashes = [], []
     lut = _classes()
-    for first_row, cps, offsets in _chunks(caps):
+
+    def one(first_row, cps, offsets):
         r, h = _chunk_words(cps, offsets, (lut[cps] & _SPACE) > 0)
-        rows.append(r + first_row)
-        hashes.append(h)
-    if not rows:
+        return r + first_row, h
+
+    parts = _parallel(one, _chunks(caps))
+    if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64), None
-    return np.concatenate(rows), np.concatenate(hashes), None
+    return np.concatenate([r for r, _ in parts]), np.concatenate([h for _, h in parts]), None
 
 
 def _distinct_per_row(rows: np.ndarray, keys: np.ndarray, n_rows: int) -> np.ndarray:
@@ -133,66 +167,98 @@ def _distinct_per_row(rows: np.ndarray, keys: np.ndarray, n_rows: int) -> np.nda
     if keys.size == 0:
         return np.zeros(n_rows, dtype=np.int64)
     packed = np.sort((rows.astype(np.uint64) << np.uint64(40)) | (keys & np.uint64((1 << 40) - 1)))
-    first = np.concatenate(([True], packed[1:] != packed[:-1]))
+    first = np.empty(packed.size, bool)
+    first[0] = True
+    np.not_equal(packed[1:], packed[:-1], out=first[1:])
     return np.bincount((packed[first] >> np.uint64(40)).astype(np.int64), minlength=n_rows)
 
 
 def _max_runs(cps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Longest run of one repeated character per row (e.g. 'ㅋㅋㅋㅋㅋ' or '!!!!!!')."""
     n_rows = offsets.size - 1
-    lengths = np.diff(offsets)
-    out = np.minimum(lengths, 1)
+    out = np.minimum(np.diff(offsets), 1)
     if cps.size < 2:
         return out
     same = cps[1:] == cps[:-1]
     ends = offsets[1:-1] - 1  # a run never crosses into the next row
     same[ends[(ends >= 0) & (ends < same.size)]] = False
-    edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    if starts.size:
-        rows = np.searchsorted(offsets, starts, side="right") - 1
-        np.maximum.at(out, rows, stops - starts + 1)
+    pos = np.flatnonzero(same)  # i where c[i + 1] repeats c[i]: few in text, so the rest is cheap
+    if pos.size:
+        new_run = np.empty(pos.size, bool)
+        new_run[0] = True
+        np.not_equal(pos[1:], pos[:-1] + 1, out=new_run[1:])
+        run_starts = np.flatnonzero(new_run)
+        lengths = np.diff(np.append(run_starts, pos.size)) + 1
+        rows = np.searchsorted(offsets, pos[run_starts], side="right") - 1
+        np.maximum.at(out, rows, lengths)
     return out[:n_rows]
+
+
+# Per class bits: hangul, special and space counts packed in one int64 (21 bits each), summed per row at once.
+_FIELD = 21
+
+
+@functools.lru_cache(maxsize=1)
+def _packed_weights() -> np.ndarray:
+    w = np.zeros(256, np.int64)
+    for bits in range(256):
+        w[bits] = ((bits & _HANGUL) > 0) + (((bits & _SPECIAL) > 0) << _FIELD) + (((bits & _SPACE) > 0) << 2 * _FIELD)
+    return w
+
+
+def _chunk_features(first: int, cps: np.ndarray, offsets: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
+    m = offsets.size - 1
+    lut = _classes()
+    cls = lut[cps]
+    space = (cls & _SPACE) > 0
+    lengths = np.diff(offsets)
+    if lengths.max(initial=0) < 1 << _FIELD:
+        packed = _row_sums(_packed_weights()[cls], offsets)
+        mask = (1 << _FIELD) - 1
+        hangul, special, spaces = packed & mask, (packed >> _FIELD) & mask, packed >> 2 * _FIELD
+    else:  # a caption of 2 million characters or more: one sum per class
+        hangul, special, spaces = (_row_sums(((cls & b) > 0).view(np.int8), offsets)
+                                   for b in (_HANGUL, _SPECIAL, _SPACE))
+    rows, codes = _chunk_words(cps, offsets, space)
+    words = np.bincount(rows, minlength=m)
+    repeat = np.zeros(m)
+    # n-gram repetition: share of a caption's word 3-grams that repeat an earlier 3-gram of it.
+    if rows.size >= NGRAM:
+        ok = rows[:-(NGRAM - 1)] == rows[NGRAM - 1:]
+        grow = rows[:-(NGRAM - 1)][ok]
+        grams = np.zeros(grow.size, np.uint64)
+        with np.errstate(over="ignore"):
+            for i in range(NGRAM):  # a polynomial over the words' hashes
+                grams = grams * np.uint64(_BASE) + codes[i:codes.size - (NGRAM - 1) + i][ok]
+        total = np.bincount(grow, minlength=m)
+        distinct = _distinct_per_row(grow, grams, m)
+        repeat = np.where(total > 0, 1.0 - distinct / np.maximum(total, 1), 0.0)
+    return first, {"chars": lengths, "hangul": hangul, "special": special, "spaces": spaces,
+                   "runs": _max_runs(cps, offsets), "words": words,
+                   "unique": _distinct_per_row(rows, codes, m), "repeat": repeat}
 
 
 def caption_features(table: pa.Table | pa.Array) -> dict[str, np.ndarray]:
     """Every feature column for the captions of `table`, as NumPy arrays of its length."""
     caps = caption_array(table)
     n = len(caps)
-    lut = _classes()
-    chars, hangul, special, spaces, runs, words, unique = (np.zeros(n, np.int64) for _ in range(7))
-    repeat = np.zeros(n)
-    for first, cps, offsets in _chunks(caps):
-        m = offsets.size - 1
-        sl = slice(first, first + m)
-        cls = lut[cps]
-        space = (cls & _SPACE) > 0
-        chars[sl] = np.diff(offsets)
-        hangul[sl] = _per_row((cls & _HANGUL) > 0, offsets)
-        special[sl] = _per_row((cls & _SPECIAL) > 0, offsets)
-        spaces[sl] = _per_row(space, offsets)
-        runs[sl] = _max_runs(cps, offsets)
-        rows, codes = _chunk_words(cps, offsets, space)
-        words[sl] = np.bincount(rows, minlength=m)
-        unique[sl] = _distinct_per_row(rows, codes, m)
-        # n-gram repetition: share of a caption's word 3-grams that repeat an earlier 3-gram of it.
-        if rows.size >= NGRAM:
-            ok = rows[:-(NGRAM - 1)] == rows[NGRAM - 1:]
-            grow = rows[:-(NGRAM - 1)][ok]
-            grams = _mix(*(codes[i:codes.size - (NGRAM - 1) + i][ok] for i in range(NGRAM)))
-            total = np.bincount(grow, minlength=m)
-            distinct = _distinct_per_row(grow, grams, m)
-            repeat[sl] = np.where(total > 0, 1.0 - distinct / np.maximum(total, 1), 0.0)
-    non_space = chars - spaces
+    out = {k: np.zeros(n, np.int64) for k in ("chars", "hangul", "special", "spaces", "runs", "words", "unique")}
+    out["repeat"] = np.zeros(n)
+    for first, part in _parallel(_chunk_features, _chunks(caps)):
+        sl = slice(first, first + part["chars"].size)
+        for k, v in part.items():
+            out[k][sl] = v
+    chars = out["chars"]
+    non_space = chars - out["spaces"]
     denom = np.maximum(non_space, 1)
     return {
         "caption_chars": chars,
-        "caption_words": words,
-        "caption_unique_words": unique,
-        "hangul_ratio": np.where(non_space > 0, hangul / denom, 0.0),
-        "special_ratio": np.where(non_space > 0, special / denom, 0.0),
-        "max_char_run": runs,
-        "ngram_repeat_ratio": repeat,
+        "caption_words": out["words"],
+        "caption_unique_words": out["unique"],
+        "hangul_ratio": np.where(non_space > 0, out["hangul"] / denom, 0.0),
+        "special_ratio": np.where(non_space > 0, out["special"] / denom, 0.0),
+        "max_char_run": out["runs"],
+        "ngram_repeat_ratio": out["repeat"],
     }
 
 

@@ -1,9 +1,14 @@
 """Probe each media item in-process (PyAV + OpenCV) and compute scores that need no model weights.
 
-Per item: container facts (platform.media.probe_video), decodability at start, middle and end, sha256
-(exact duplicates), a perceptual hash of three key frames (near duplicates), and scores: blur (Laplacian
-variance), motion (optical flow), black and frozen frame ratios, scene cuts. A corrupt file never raises:
-it gets `decodable=False` and a reason. Results are cached per item (keyed by path+size+mtime or
+Per item: container facts (platform.media.probe_video), decodability, sha256 (exact duplicates), a
+perceptual hash of three frames (near duplicates), and scores: blur (Laplacian variance), motion (optical
+flow), black and frozen frame ratios, scene cuts. A corrupt file never raises: it gets `decodable=False`
+and a reason.
+
+Scores come from sampled frames by default: every packet is read without decoding (which finds truncation
+and broken NAL units, the damage a full decode reports), then only `samples` points are decoded, each a
+key frame where one lies near the wanted time, with the frame after it as a pair for motion and frozen
+frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
 URI+etag and the probe settings), so a re-run or a resumed job skips items already probed.
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ from vidtune.platform.storage import Storage, is_s3, join, split_uri
 
 from .manifest import resolve_media
 
-PROBE_VERSION = 1  # part of every cache key: bump when a score's definition changes
+PROBE_VERSION = 2  # part of every cache key: bump when a score's definition changes
 
 # Column name -> Arrow type of everything probe adds to a manifest.
 PROBE_SCHEMA = pa.schema([
@@ -46,6 +51,8 @@ class ProbeSettings:
     """What a probe computes; part of the cache key, so changing it re-probes."""
 
     scores: bool = True            # False: facts, hashes and decode checks only (no per-frame analysis)
+    decode: str = "sampled"        # "sampled": `samples` points (key frames where possible) | "full": every frame
+    samples: int = 8               # points decoded per clip in sampled mode (each with its next frame)
     analysis_width: int = 160      # frames are scaled to this width for motion/black/frozen/cuts
     blur_width: int = 320          # key frames are scaled to this width for the blur score
     flow_pairs: int = 12           # consecutive frame pairs used for optical flow
@@ -53,6 +60,12 @@ class ProbeSettings:
     black_luma: float = 20.0       # mean luma (0-255) under which a frame counts as black
     frozen_diff: float = 0.5       # mean abs difference (0-255) under which two frames count as equal
     cut_hist_distance: float = 0.5  # share of pixels changing histogram bins for a scene cut
+
+    def __post_init__(self):
+        if self.decode not in ("sampled", "full"):
+            raise InvalidArgument(f"probe decode must be 'sampled' or 'full', not {self.decode!r}")
+        if self.samples < 1:
+            raise InvalidArgument(f"probe samples must be at least 1, not {self.samples}")
 
 
 def _empty_row() -> dict:
@@ -110,6 +123,36 @@ def _hist(gray: np.ndarray) -> np.ndarray:
     return np.bincount((gray >> 4).ravel(), minlength=16) / gray.size
 
 
+def _motion(pairs: list[tuple[np.ndarray, np.ndarray]], settings: "ProbeSettings") -> float:
+    """Median optical flow over frame pairs; a pair across a hard cut measures the cut, not motion."""
+    cut = _cuts([a for a, _ in pairs], [b for _, b in pairs], settings)
+    flows = [_flow_magnitude(a, b) for (a, b), c in zip(pairs, cut) if not c]
+    return float(np.median(flows)) if flows else 0.0
+
+
+def _black_ratio(frames: list[np.ndarray], settings: "ProbeSettings") -> float:
+    stack = np.stack(frames).astype(np.float32)
+    means = stack.mean(axis=(1, 2))
+    p98 = np.percentile(stack.reshape(len(stack), -1), 98, axis=1)
+    return float(np.mean((means < settings.black_luma) & (p98 < settings.black_luma * 2)))
+
+
+def _mean_diffs(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """Mean absolute luma difference of each pair (a[i], b[i])."""
+    if not a:
+        return np.zeros(0)
+    return np.abs(np.stack(a).astype(np.float32) - np.stack(b).astype(np.float32)).mean(axis=(1, 2))
+
+
+def _cuts(a: list[np.ndarray], b: list[np.ndarray], settings: "ProbeSettings") -> np.ndarray:
+    """Whether each pair (a[i], b[i]) is a hard cut: the histogram and the pixels both change a lot."""
+    if not a:
+        return np.zeros(0, bool)
+    ha, hb = np.stack([_hist(x) for x in a]), np.stack([_hist(x) for x in b])
+    hist_change = np.abs(hb - ha).sum(axis=1) / 2
+    return (hist_change > settings.cut_hist_distance) & (_mean_diffs(a, b) > 20)
+
+
 def probe_file(path: str | Path, media_type: str = "video", settings: ProbeSettings = ProbeSettings()) -> dict:
     """Facts and scores of one local file; never raises for a bad file (decodable=False + reason)."""
     row = _empty_row()
@@ -162,6 +205,17 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
                probe_height=float(info.display_height), probe_fps=info.fps or None,
                probe_duration=info.duration or None, probe_frames=info.frames, probe_rotation=info.rotation,
                probe_pix_fmt=info.pix_fmt, probe_audio=info.has_audio)
+    if settings.scores and settings.decode == "sampled":
+        _probe_sampled(path, row, settings, info)
+    else:
+        _probe_full(path, row, settings, info)
+
+
+def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
+    """Every frame decoded in order (up to max_decode_frames): the reference the sampled scores are tested
+    against, and the metadata-only mode (first frame, then seeks to the middle and the end)."""
+    import av
+
     expected = max(1, info.frames)
     key_frames: dict[str, object] = {}
     tiny: list[np.ndarray] = []
@@ -172,6 +226,7 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         prev_small = None
+        blurs: list[float] = []
         try:
             for frame in c.decode(stream):
                 if decoded == 0:
@@ -184,6 +239,7 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
                 if settings.scores:
                     small = _gray(frame, settings.analysis_width)
                     tiny.append(small)
+                    blurs.append(_blur(_gray(frame, settings.blur_width)))
                     if prev_small is not None and (decoded - 1) % stride == 0 and len(pairs) < settings.flow_pairs:
                         pairs.append((prev_small, small))
                     prev_small = small
@@ -224,20 +280,161 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
     row["phash"] = "".join(f"{dhash(grays[k]):016x}" for k in ("start", "middle", "end") if k in grays)
     if not settings.scores:
         return
-    row["blur"] = float(np.mean([_blur(g) for g in grays.values()]))
-    row["motion"] = float(np.median([_flow_magnitude(a, b) for a, b in pairs])) if pairs else 0.0
-    stack = np.stack(tiny).astype(np.float32)
-    means = stack.mean(axis=(1, 2))
-    p98 = np.percentile(stack.reshape(len(stack), -1), 98, axis=1)
-    row["black_ratio"] = float(np.mean((means < settings.black_luma) & (p98 < settings.black_luma * 2)))
-    if len(stack) > 1:
-        diffs = np.abs(stack[1:] - stack[:-1]).mean(axis=(1, 2))
-        row["frozen_ratio"] = float(np.mean(diffs < settings.frozen_diff))
-        hists = np.stack([_hist(t) for t in tiny])
-        hist_change = np.abs(hists[1:] - hists[:-1]).sum(axis=1) / 2
-        row["scene_cuts"] = int(np.sum((hist_change > settings.cut_hist_distance) & (diffs > 20)))
+    row["blur"] = float(np.mean(blurs)) if blurs else float(np.mean([_blur(g) for g in grays.values()]))
+    row["motion"] = _motion(pairs, settings)
+    row["black_ratio"] = _black_ratio(tiny, settings)
+    if len(tiny) > 1:
+        row["frozen_ratio"] = float(np.mean(_mean_diffs(tiny[:-1], tiny[1:]) < settings.frozen_diff))
+        row["scene_cuts"] = int(np.sum(_cuts(tiny[:-1], tiny[1:], settings)))
     else:
         row["frozen_ratio"], row["scene_cuts"] = 0.0, 0
+
+
+# ---------------------------------------------------------------- sampled decode
+
+def _nal_length_size(stream) -> int | None:
+    """Length-prefix size of H.264/HEVC NAL units as MP4 and Matroska store them (avcC/hvcC); None for
+    other codecs and start-code streams, whose damage only a decode finds."""
+    cc = stream.codec_context
+    extra = bytes(cc.extradata or b"")
+    if cc.name == "h264" and len(extra) >= 5 and extra[0] == 1:
+        return (extra[4] & 3) + 1
+    if cc.name == "hevc" and len(extra) >= 23 and extra[0] == 1:
+        return (extra[21] & 3) + 1
+    return None
+
+
+def _nal_error(data: bytes, size: int) -> str | None:
+    """Why the decoder would refuse this packet: an empty NAL unit or one whose length runs past the
+    packet's end (the 'Invalid data' a full decode raises for overwritten or shifted bytes)."""
+    pos, end = 0, len(data)
+    while end - pos >= 4:
+        length = int.from_bytes(data[pos:pos + size], "big")
+        pos += size
+        if length == 0 or length > end - pos:
+            return f"NAL unit of {length} bytes with {end - pos} left"
+        pos += length
+    return None
+
+
+def _scan_packets(container, stream, nal_size: int) -> tuple[list[float], list[float], str | None]:
+    """(time of every packet, times of key-frame packets, damage found) from reading the whole stream
+    without decoding it."""
+    tb = float(stream.time_base)
+    times: list[float] = []
+    keys: list[float] = []
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            ts = pkt.pts if pkt.pts is not None else pkt.dts
+            t = float(ts * tb) if ts is not None else (times[-1] if times else 0.0)
+            if pkt.is_corrupt:
+                return times, keys, f"damaged packet at {t:.2f}s"
+            err = _nal_error(bytes(pkt), nal_size)
+            if err:
+                return times, keys, f"damaged packet at {t:.2f}s ({err})"
+            times.append(t)
+            if pkt.is_keyframe:
+                keys.append(t)
+    except Exception as e:  # noqa: BLE001 - a demuxer error is damage, reported with where it happened
+        at = f" at {times[-1]:.2f}s" if times else ""
+        return times, keys, f"{type(e).__name__}{at}: {e}"
+    keys.sort()
+    return times, keys, None
+
+
+def sample_times(start: float, span: float, keys: list[float], samples: int) -> list[float]:
+    """Times to decode in [start, start + span). With at least half as many key frames as samples, key
+    frames only (evenly chosen among them): each decodes without a run-up. Otherwise evenly spaced times,
+    each moved to the nearest key frame when one lies within half the spacing."""
+    import bisect
+
+    n = max(1, samples)
+    if len(keys) >= max(2, n // 2):
+        picks = np.unique(np.round(np.linspace(0, len(keys) - 1, min(n, len(keys)))).astype(int))
+        return [keys[i] for i in picks]
+    spacing = span / n
+    out: list[float] = []
+    for i in range(n):
+        t = start + (i + 0.5) * spacing
+        j = bisect.bisect_left(keys, t)
+        near = [keys[k] for k in (j - 1, j) if 0 <= k < len(keys)]
+        best = min(near, key=lambda k: abs(k - t)) if near else None
+        out.append(best if best is not None and abs(best - t) <= spacing / 2 + 1e-6 else t)
+    return sorted(set(out))
+
+
+def _key_frame_cuts(keys: list[float], frame_dt: float) -> int:
+    """Key frames an encoder placed off its regular cadence: its scene-change detector's cuts. With fewer
+    than two full intervals the cadence is unknown, so none are counted."""
+    gaps = np.diff(np.asarray(keys))
+    if gaps.size < 2:
+        return 0
+    return int(np.sum(gaps < 0.9 * gaps.max() - frame_dt))
+
+
+def _probe_sampled(path: Path, row: dict, settings: ProbeSettings, info) -> None:
+    import bisect
+
+    import av
+
+    with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
+        stream = c.streams.video[0]
+        nal_size = _nal_length_size(stream)
+        if nal_size is None:
+            return _probe_full(path, row, settings, info)
+        times, keys, error = _scan_packets(c, stream, nal_size)
+        frame_dt = 1.0 / info.fps if info.fps else 0.04
+        if error is None and stream.frames and len(times) < stream.frames:
+            error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
+                    f"({len(times)} of {stream.frames} frames)"
+        row["probe_frames"] = len(times)
+        picks: list[tuple] = []  # (first frame, the frame after it or None)
+        if times:
+            start = min(times)
+            targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples)
+            # Frame threads pay off over a run-up from a key frame; a key frame alone decodes faster without.
+            stream.thread_type = "SLICE" if set(targets) <= set(keys) else "AUTO"
+            tb = float(stream.time_base)
+            frames, position = None, None
+            try:
+                for t in targets:
+                    key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
+                    if frames is None or position is None or not (key <= position < t):
+                        c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
+                        frames = c.decode(stream)
+                    first = next((f for f in frames if f.time is None or f.time >= t - frame_dt / 2), None)
+                    if first is None:
+                        break
+                    after = next(frames, None)
+                    picks.append((first, after))
+                    position = (after or first).time
+            except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
+                error = error or f"{type(e).__name__}: {e}"
+    if not picks:
+        row.update(decodable=False, probe_error=f"undecodable: {path.name}: no frame decodes"
+                   + (f" ({error})" if error else ""))
+        return
+    if error:
+        row.update(decodable=False, probe_error=f"undecodable: {path.name}: {error}")
+    else:
+        row["decodable"] = True
+    sharp = [_gray(a, settings.blur_width) for a, _ in picks]
+    marks = (0, len(picks) // 2, len(picks) - 1)  # start, middle, end
+    row["phash"] = "".join(f"{dhash(sharp[i]):016x}" for i in marks)
+    firsts = [_gray(a, settings.analysis_width) for a, _ in picks]
+    afters = [_gray(b, settings.analysis_width) if b is not None else None for _, b in picks]
+    pairs = [(a, b) for a, b in zip(firsts, afters) if b is not None]
+    row["blur"] = float(np.mean([_blur(g) for g in sharp]))
+    row["motion"] = _motion(pairs, settings)
+    row["black_ratio"] = _black_ratio(firsts + [b for _, b in pairs], settings)
+    row["frozen_ratio"] = float(np.mean(_mean_diffs([a for a, _ in pairs], [b for _, b in pairs])
+                                        < settings.frozen_diff)) if pairs else 0.0
+    # Cuts in the sampled frames in time order: within a pair, and from a pair's later frame to the next sample.
+    ordered = [g for a, b in zip(firsts, afters) for g in (a, b) if g is not None]
+    sampled_cuts = int(np.sum(_cuts(ordered[:-1], ordered[1:], settings)))
+    row["scene_cuts"] = max(sampled_cuts, _key_frame_cuts(keys, frame_dt))
 
 
 # ---------------------------------------------------------------- manifest level: cache + pool

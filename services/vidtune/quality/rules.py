@@ -18,9 +18,8 @@ the probe scores (blur, motion, black_ratio, frozen_ratio, scene_cuts, file_size
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -216,7 +215,7 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     cols = effective_columns(table)
     media_type = pc.fill_null(table.column("media_type"), "").to_numpy(zero_copy_only=False).astype(str) \
         if "media_type" in table.column_names else np.full(n, "", dtype=object)
-    reasons: list[list[str]] = [[] for _ in range(n)]
+    found: list[tuple[str, np.ndarray, list[str]]] = []  # per rule: its name, failing rows, their reasons
     counts: dict[str, int] = {}
     skipped: dict[str, str] = {}
     ids = table.column("id").to_pylist()
@@ -224,17 +223,15 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     def add(rule: Rule, mask: np.ndarray, detail) -> None:
         idx = np.flatnonzero(mask)
         counts[rule.name] = int(idx.size)
-        for i in idx:
-            reasons[i].append(f"{rule.name}: {detail(i)}")
+        found.append((rule.name, idx, [f"{rule.name}: {detail(i)}" for i in idx.tolist()]))
 
     for rule in rules.rules:
         if not rule.enabled:
             skipped[rule.name] = "disabled"
             continue
         if rule.type == "ingest":
-            errs = table.column("ingest_error").to_pylist()
-            mask = np.array([e is not None for e in errs], dtype=bool)
-            add(rule, mask, lambda i: errs[i])
+            errs = table.column("ingest_error")
+            add(rule, pc.is_valid(errs).to_numpy(zero_copy_only=False), lambda i: errs[i].as_py())
         elif rule.type == "probe_ok":
             if "decodable" not in table.column_names:
                 if rule.require_probe:
@@ -264,15 +261,19 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
             high = values > rule.max if rule.max is not None else np.zeros(n, bool)
             mask = scope & ((low | high) | (missing & (rule.missing == "reject")))
 
-            def detail(i, v=values, r=rule):
-                x = v[i]
+            def say(x, r=rule):
                 if x != x:
                     return f"{r.field} missing"
                 if r.min is not None and x < r.min:
                     return f"{r.field} {_fmt(x)} < min {r.min:g}"
                 return f"{r.field} {_fmt(x)} > max {r.max:g}"
 
-            add(rule, mask, detail)
+            # Failing rows share few distinct values (lengths, durations): each is worded once.
+            distinct, which = np.unique(values[mask], return_inverse=True)
+            worded = [say(x) for x in distinct.tolist()]
+            at = np.full(n, -1, np.int64)
+            at[mask] = which.ravel()
+            add(rule, mask, lambda i: worded[at[i]])
         elif rule.type == "duplicate":
             if rule.field not in table.column_names:
                 skipped[rule.name] = f"no column {rule.field!r}"
@@ -309,18 +310,21 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
                     return False
                 return True
 
-            dup_of = near_duplicates(table.column(rule.field).to_pylist(), rule.max_distance, compatible)
+            dup_of = near_duplicates(table.column(rule.field), rule.max_distance, compatible)
             mask = np.array([d is not None for d in dup_of], dtype=bool)
             add(rule, mask, lambda i: _near_duplicate_reason(dup_of[i], ids))
-    rejected_mask = np.array([bool(r) for r in reasons], dtype=bool)
+    hits = np.zeros(n, np.int64)
+    for _, idx, _ in found:
+        hits[idx] += 1
+    rejected_mask = hits > 0
+    # Every reason of every rejected row, by row and, within a row, in rule order (a stable sort).
+    rows = np.concatenate([idx for _, idx, _ in found] + [np.zeros(0, np.int64)])
+    texts = pa.array([t for _, _, ts in found for t in ts], pa.string())
+    offsets = np.concatenate(([0], np.cumsum(hits[rejected_mask]))).astype(np.int32)
+    reasons = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(np.argsort(rows, kind="stable"))))
     clean = table.filter(pa.array(~rejected_mask))
-    rejected = table.filter(pa.array(rejected_mask)).append_column(
-        "reasons", pa.array([r for r in reasons if r], type=pa.list_(pa.string())))
-    only: dict[str, int] = {}
-    for r in reasons:
-        if len(r) == 1:
-            name = r[0].split(":", 1)[0]
-            only[name] = only.get(name, 0) + 1
+    rejected = table.filter(pa.array(rejected_mask)).append_column("reasons", reasons)
+    only = {name: int(np.sum(hits[idx] == 1)) for name, idx, _ in found}
     report = {
         "rows_in": n, "clean": clean.num_rows, "rejected": rejected.num_rows,
         "rules": [{"name": r.name, "type": r.type, "check": r.describe(), "enabled": r.enabled,
@@ -340,11 +344,18 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
     Hex hashes of equal length are compared by Hamming distance (an image's one-frame hash is never compared
     with a video's three-frame one). Candidates come from banding: split each hash into max_distance + 1
     disjoint bands; two hashes within max_distance bits agree exactly on at least one band (pigeonhole), so
-    only rows sharing a band value are compared. A raised threshold means narrow bands and large buckets,
-    so the rows of a bucket are compared block by block in numpy rather than pair by pair.
-    `compatible(i, j)` can veto a pair.
+    only rows sharing a band value are compared. Bands, buckets and distances are NumPy arrays; only the
+    close pairs (few) reach Python. `compatible(i, j)` can veto a pair.
     """
     n = len(hashes)
+    col = pa.array(hashes, pa.string()) if not isinstance(hashes, (pa.Array, pa.ChunkedArray)) else hashes
+    lengths = pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False)
+    pairs = []
+    for length in np.unique(lengths[lengths > 0]):
+        rows = np.flatnonzero(lengths == length)
+        words = _hex_words(col.take(pa.array(rows)), int(length))
+        a, b, d = _close_pairs(words, int(length) * 4, max_distance)
+        pairs += zip(rows[a].tolist(), rows[b].tolist(), d.tolist())
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -354,78 +365,93 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
         return x
 
     closest: dict[int, tuple[int, int]] = {}  # row -> (distance, row) of its closest compatible match
-    by_length: dict[int, list[int]] = {}
-    for i, h in enumerate(hashes):
-        if h:
-            by_length.setdefault(len(h), []).append(i)
-    for length, rows in by_length.items():
-        bits = length * 4
-        values = [int(hashes[i], 16) for i in rows]
-        words = np.array([[(v >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(-(-bits // 64))] for v in values],
-                         dtype=np.uint64)
-        for members in _candidate_groups(values, bits, max_distance):
-            for pos_a, pos_b, d in _close_pairs(values, words, members, max_distance):
-                ia, ib = rows[pos_a], rows[pos_b]
-                if compatible is not None and not compatible(ia, ib):
-                    continue
-                ra, rb = find(ia), find(ib)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)  # the earliest row leads the cluster
-                for row, other in ((ia, ib), (ib, ia)):
-                    closest[row] = min((d, other), closest.get(row, (d, other)))
+    for ia, ib, d in pairs:
+        if compatible is not None and not compatible(ia, ib):
+            continue
+        ra, rb = find(ia), find(ib)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the earliest row leads the cluster
+        for row, other in ((ia, ib), (ib, ia)):
+            closest[row] = min((d, other), closest.get(row, (d, other)))
     out: list[tuple[int, int, int] | None] = [None] * n
-    for i in range(n):
+    for i in closest:
         root = find(i)
         if root != i:
             out[i] = (root, closest[i][1], closest[i][0])
     return out
 
 
-def _candidate_groups(values: list[int], bits: int, max_distance: int) -> Iterator[list[int]]:
-    """Groups of positions whose pairs must be compared: the buckets of each band, or every row at once
-    when the bands are so narrow that their buckets would hold more pairs than all rows together."""
-    n = len(values)
+_HEX = np.full(256, 255, np.uint8)
+for _i, _c in enumerate("0123456789abcdef"):
+    _HEX[ord(_c)] = _HEX[ord(_c.upper())] = _i
+
+
+def _hex_words(col: pa.Array, length: int) -> np.ndarray:
+    """Hex strings of one length as 64-bit words, least significant word first (shape rows x words)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = col.cast(pa.large_string())
+    offs = np.frombuffer(col.buffers()[1], np.int64)[col.offset:col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], np.uint8)[offs[0]:offs[-1]]
+    nibbles = _HEX[data].reshape(len(col), length)
+    if (nibbles == 255).any():
+        bad = col[int(np.flatnonzero((nibbles == 255).any(axis=1))[0])].as_py()
+        raise InvalidArgument(f"perceptual hash {bad!r} is not hexadecimal")
+    n_words = -(-length // 16)
+    padded = np.zeros((len(col), n_words * 16), np.uint8)
+    padded[:, n_words * 16 - length:] = nibbles
+    octets = (padded[:, 0::2] << 4) | padded[:, 1::2]  # two hex digits per byte, most significant first
+    words = octets.view(">u8").astype(np.uint64)
+    return np.ascontiguousarray(words[:, ::-1])
+
+
+def _band(words: np.ndarray, lo: int, width: int) -> np.ndarray:
+    """Bits [lo, lo + width) of every hash, folded into one 64-bit key when wider than 64 bits."""
+    key = np.zeros(len(words), np.uint64)
+    with np.errstate(over="ignore"):
+        while width > 0:
+            take = min(width, 64 - lo % 64)
+            w, off = lo // 64, lo % 64
+            piece = (words[:, w] >> np.uint64(off)) & np.uint64((1 << take) - 1)
+            key = key * np.uint64(0x100000001B3) + piece
+            lo, width = lo + take, width - take
+    return key
+
+
+def _close_pairs(words: np.ndarray, bits: int, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, distance) for every pair a < b of rows whose hashes differ in at most max_distance bits."""
+    m = len(words)
+    found_a, found_b, found_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     bands = max(1, min(max_distance + 1, bits))
     edges = [round(k * bits / bands) for k in range(bands + 1)]  # every band at least one bit wide
-    ranges = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
-    if 2 ** (bits / bands) < n:  # crowded buckets are expected: count their pairs first
-        pairs = sum(c * (c - 1) // 2 for lo, mask in ranges for c in Counter((v >> lo) & mask for v in values).values())
-        if pairs >= n * (n - 1) // 2:
-            yield list(range(n))
-            return
-    for lo, mask in ranges:
-        buckets: dict[int, list[int]] = {}
-        for pos, v in enumerate(values):
-            buckets.setdefault((v >> lo) & mask, []).append(pos)
-        yield from (members for members in buckets.values() if len(members) > 1)
+    if max_distance >= bits:  # every pair is close
+        edges = [0, 0]
+    for lo, hi in zip(edges, edges[1:]):
+        band = _band(words, lo, hi - lo)
+        order = np.argsort(band, kind="stable")
+        keys = band[order]
+        # Rows of one bucket are adjacent in `order`: pair each with the rows k places on, for growing k.
+        i = np.arange(m - 1)
+        k = 1
+        while i.size:
+            i = i[(i + k < m)]
+            i = i[keys[i] == keys[np.minimum(i + k, m - 1)]] if i.size else i
+            if not i.size:
+                break
+            a, b = order[i], order[i + k]
+            dist = np.zeros(i.size, np.int64)
+            for w in range(words.shape[1]):
+                dist += np.bitwise_count(words[a, w] ^ words[b, w])
+            close = dist <= max_distance
+            found_a.append(np.minimum(a, b)[close])
+            found_b.append(np.maximum(a, b)[close])
+            found_d.append(dist[close])
+            k += 1
+    a, b, d = (np.concatenate(x) for x in (found_a, found_b, found_d))
+    _, first = np.unique(a * m + b, return_index=True)  # a pair found in several bands counts once
+    return a[first], b[first], d[first]
 
 
 def _near_duplicate_reason(match: tuple[int, int, int], ids: list) -> str:
     kept, closest, distance = match
     reason = f"within {distance} bits of {ids[closest]}"
     return reason if closest == kept else f"{reason} (its cluster keeps {ids[kept]})"
-
-
-def _close_pairs(values: list[int], words: np.ndarray, members: list[int], max_distance: int,
-                 block_elements: int = 1 << 21):
-    """(a, b, distance) for the pairs a < b of `members` whose hashes differ in at most max_distance bits."""
-    m = len(members)
-    if m <= 8:  # most buckets: numpy's call overhead would exceed the work
-        for x in range(m):
-            for y in range(x + 1, m):
-                d = (values[members[x]] ^ values[members[y]]).bit_count()
-                if d <= max_distance:
-                    yield members[x], members[y], d
-        return
-    members = np.array(members)
-    columns = np.ascontiguousarray(words[members].T)  # one row per 64-bit word: contiguous for the XOR
-    block = max(1, block_elements // m)
-    for start in range(0, m - 1, block):
-        stop = min(m, start + block)
-        dist = np.zeros((stop - start, m - start), dtype=np.uint16)
-        for col in columns:
-            dist += np.bitwise_count(col[start:stop, None] ^ col[None, start:])
-        close = dist <= max_distance
-        close &= np.arange(m - start)[None, :] > np.arange(stop - start)[:, None]  # each pair once, a < b
-        for r, c in zip(*np.nonzero(close)):
-            yield int(members[start + r]), int(members[start + c]), int(dist[r, c])

@@ -1,0 +1,62 @@
+"""Caption features against a plain per-row Python definition, on hostile captions and across chunk edges."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vidtune.quality import features
+from vidtune.quality.features import caption_features, word_tokens
+
+HOSTILE = ["", None, "  ", "\t\n", "😀😀😀 abc", "e\u0301e\u0301 café", "ㅋ" * 40, "가 가 가 가 가 가", "!!!!!!!!!!!!",
+           "단어 단어\u3000단어\xa0끝", "𠀀𠀁 漢字 テスト", "x", " 앞 공백", "뒤 공백 ", "\u200b제로폭", "a" * 300,
+           "산 바다 산 바다 산 바다 산 바다", "마침표.다음 문장", "탭\t구분\t단어"]
+
+
+def reference(caption: str | None) -> dict:
+    """The features of one caption, row by row in Python (the definition the columnar code must match)."""
+    text = caption or ""
+    cls = features._classes()
+    bits = [int(cls[ord(ch)]) for ch in text]
+    words, word = [], ""
+    for ch, b in zip(text, bits):
+        if b & features._SPACE:
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += ch
+    if word:
+        words.append(word)
+    run = best = 0
+    for i, ch in enumerate(text):
+        run = run + 1 if i and text[i - 1] == ch else 1
+        best = max(best, run)
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    non_space = sum(1 for b in bits if not b & features._SPACE)
+    share = (lambda k: sum(1 for b in bits if b & k) / non_space if non_space else 0.0)
+    return {"caption_chars": len(text), "caption_words": len(words), "caption_unique_words": len(set(words)),
+            "hangul_ratio": share(features._HANGUL), "special_ratio": share(features._SPECIAL),
+            "max_char_run": best, "ngram_repeat_ratio": 1 - len(set(grams)) / len(grams) if grams else 0.0}
+
+
+@pytest.mark.parametrize("chunk_chars", [features.CHUNK_CHARS, 37])
+def test_features_match_the_per_row_definition(monkeypatch, chunk_chars):
+    monkeypatch.setattr(features, "CHUNK_CHARS", chunk_chars)  # small chunks: rows land on every edge
+    rng = random.Random(0)
+    pool = ["산", "바다", "강", "ㅋㅋㅋ", "!!", "A", "숲길", " ", "  ", "\n", "😀", "漢"]
+    captions = HOSTILE + ["".join(rng.choice(pool) for _ in range(rng.randint(0, 30))) for _ in range(200)]
+    got = caption_features(pa.table({"caption": pa.array(captions, pa.large_string())}))
+    for i, caption in enumerate(captions):
+        for name, want in reference(caption).items():
+            assert got[name][i] == pytest.approx(want), (name, caption)
+
+
+def test_equal_words_share_a_hash_and_others_do_not():
+    rows, hashes, _ = word_tokens(pa.array(["산 바다 산", "바다 산맥 산"], pa.large_string()))
+    assert rows.tolist() == [0, 0, 0, 1, 1, 1]
+    h = hashes.tolist()
+    assert h[0] == h[2] == h[5] and h[1] == h[3] and len({h[0], h[1], h[4]}) == 3
+    assert np.unique(hashes).size == 3
