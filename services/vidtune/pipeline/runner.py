@@ -14,9 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 from vidtune.platform.errors import FailedPrecondition, NotFound
@@ -116,17 +114,11 @@ class InProcess:
         self.progress = progress or (lambda name: lambda d, t, m: None)
 
     def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
-        from vidtune.platform.jobs import new_record, run_in_process
-        from vidtune.platform.kinds import by_name
+        from vidtune.platform.kinds import by_name, run_job
         from vidtune.registry import module
 
-        # The spec is the pipeline's own, complete by construction; the kind's checks also apply the remote
-        # callers' location policy (generate's checkpoints must be s3://), which a local run does not need.
         kind = by_name(module(stage.service, "tasks").KINDS)[stage.kind]
-        record = new_record(stage.service, stage.kind, spec)
-        with tempfile.TemporaryDirectory(prefix=f"vt-pipeline-{stage.name}-") as scratch:
-            result = run_in_process(record, kind.handler, self.storage, Path(scratch), self.progress(stage.name))
-        return {**record["result"], **result}  # with what the handler set as it went (set_result)
+        return run_job(kind, spec, self.progress(stage.name), self.storage)
 
 
 class Submitted:
