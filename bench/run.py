@@ -11,7 +11,7 @@ import time
 from vidtune.platform.objectstore import start_weed_mini, stop_process
 from vidtune.platform.storage import S3Config, Storage
 
-BENCHES = ["transcode", "quality", "train", "evaluate", "runtime", "console"]
+BENCHES = ["transcode", "quality", "train", "evaluate", "runtime", "console", "pipeline"]
 
 
 def main(names: list[str]) -> int:

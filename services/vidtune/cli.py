@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for svc in available("cli"):
         module(svc, "cli").register(sub)
+    from vidtune.pipeline.cli import register as register_pipeline
+
+    register_pipeline(sub)
 
     serve = sub.add_parser("serve", help="run one service's gRPC server (SIGTERM stops it gracefully)")
     serve.add_argument("service", choices=available("service"))
@@ -286,7 +289,7 @@ def cmd_down(args) -> int:
 def cmd_store(args) -> int:
     from pathlib import Path
 
-    from vidtune.platform.storage import Storage, basename, is_s3, join
+    from vidtune.platform.storage import Storage, basename, is_s3, join, normalise
 
     storage = Storage()
     if args.action == "ls":
@@ -296,12 +299,13 @@ def cmd_store(args) -> int:
     # A trailing "/" always means a prefix (some stores answer a stat of "dir/" as if it were an object).
     single = not args.source.endswith("/") and (
         Path(args.source).is_file() if not is_s3(args.source) else storage.exists(args.source))
-    sources = [args.source] if single else list(storage.list(args.source.rstrip("/") + "/"))
+    base = normalise(args.source).rstrip("/")  # the spelling listings use ("./a/" is listed as "a/...")
+    sources = [args.source] if single else list(storage.list(base + "/"))
     if not sources:
         raise NotFound(f"nothing at {args.source}")
     for src in sources:
         dst = (join(args.destination, basename(src)) if args.destination.endswith("/") else args.destination) \
-            if single else join(args.destination, src[len(args.source.rstrip("/")) + 1:])
+            if single else join(args.destination, src[len(base) + 1:])
         with storage.local_copy(src) as local:
             storage.upload(local, dst)
         print(f"{src} -> {dst}", file=sys.stderr)

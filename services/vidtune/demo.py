@@ -8,6 +8,7 @@ object store; the stack is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,37 +60,27 @@ def transcode_stage(storage: Storage, archive_uri: str) -> dict:
     return result
 
 
-def quality_stage(storage: Storage, items: list, archive_uri: str, transcode: dict) -> dict:
-    """Labels + the transcode report -> a listing of model-ready media, then ingest/probe/filter/stats/
-    split/export as one job of the quality service. Items whose transcode failed keep their raw URI, so
-    the quality report accounts for them too (rejected, with the reason)."""
+def quality_stage(storage: Storage, archive_uri: str, transcode: dict) -> dict:
+    """Labels + the transcode report -> ingest/probe/filter/stats/split/export as one job of the quality
+    service. The report maps each label row to its transcoded clip; a row whose transcode failed is
+    rejected with that reason, so the quality report accounts for every item."""
     from vidtune.v1 import quality_pb2, quality_pb2_grpc
 
-    say("quality: ingest labels, probe and score the clips, filter with the default rules, statistics, export")
-    outputs = {}
-    for row in storage.read_jsonl(transcode["report"]):
-        outputs[row["input"]] = row["output"] if row["status"] == "ok" else row["input"]
-    listing = []
-    for it in items:
-        raw = join(archive_uri, it.file)
-        listing.append({"id": it.id, "file_path": outputs.get(raw, raw), "caption": it.caption,
-                        "category": it.category, "media_type": it.media_type, "width": it.width,
-                        "height": it.height, "duration": it.duration})
-    listing_uri = join(BUCKET, "listings", "archive-wan-720p.jsonl")
-    storage.write_jsonl(listing_uri, listing)
+    say("quality: ingest labels joined to the transcoded clips, probe and score them, filter with the default "
+        "rules, statistics, export")
     out = join(BUCKET, "quality", "archive-wan-720p")
     with ServiceClient("quality") as c:
         job = c.stub(quality_pb2_grpc.QualityServiceStub).SubmitRun(quality_pb2.RunQualityRequest(
-            source=listing_uri, output=out, root=join(BUCKET, "transcoded/wan-720p"), val_ratio=0.15, seed=0,
-            workers=2), metadata=c.metadata, timeout=30)
-        follow(c, job)
+            source=join(archive_uri, "labels") + "/", root=archive_uri, transcoded=transcode["report"], output=out,
+            val_ratio=0.15, seed=0, workers=2), metadata=c.metadata, timeout=30)
+        rec = follow(c, job)
     import io
 
     import pyarrow.parquet as pq
 
     clean = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "clean.parquet")))).to_pylist()
     rejected = pq.read_table(io.BytesIO(storage.read_bytes(join(out, "rejected.parquet")))).to_pylist()
-    print(f"{len(listing)} rows in = {len(clean)} clean + {len(rejected)} rejected")
+    print(f"{int(rec['result']['rows_in'])} rows in = {len(clean)} clean + {len(rejected)} rejected")
     for row in rejected:
         print(f"  rejected {row['id']}: {'; '.join(row['reasons'])[:150]}")
     return {"output": out, "export": join(out, "export"), "clean": clean}
@@ -128,9 +119,7 @@ def evaluate_stage(storage: Storage, run: dict, quality: dict, local_dir: Path) 
                for i, (cat, r) in enumerate(sorted(by_category.items()))][:3]
     storage.write_jsonl(join(root, "prompts.jsonl"), prompts)
     reference = join(root, "reference.jsonl")
-    storage.write_jsonl(reference, ({"video": join(BUCKET, "transcoded/wan-720p", r["media"])
-                                     if not r["media"].startswith("s3://") else r["media"],
-                                     "category": r["category"]} for r in clean_videos))
+    storage.write_jsonl(reference, ({"video": r["transcoded"], "category": r["category"]} for r in clean_videos))
     with ServiceClient("evaluate") as c:
         stub = c.stub(evaluate_pb2_grpc.EvaluateServiceStub)
         follow(c, stub.SubmitGenerate(evaluate_pb2.GenerateRequest(
@@ -165,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo-out", help="local directory for the archive and reports")
     parser.add_argument("--keep-running", action="store_true", help="leave the demo stack running even after a failure")
     parser.add_argument("--stop", action="store_true", help="stop the stack at the end instead of leaving the console up")
+    parser.add_argument("--base-port", type=int, default=None, help="stack ports base, base+1, ... "
+                                                                     "(default: the defaults, else free ports)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     home = out / "stack"
@@ -173,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("starting the local stack: SeaweedFS object store + services on loopback")
     stack.down(home)  # a previous demo interrupted mid-way
-    state = stack.up(home=home, base_port=free_ports(1)[0] if _defaults_taken() else None)
+    state = stack.up(home=home, base_port=args.base_port or (free_ports(1)[0] if _defaults_taken() else None))
     os.environ.update(state["s3"])
     for svc, port in state["ports"].items():
         print(f"  {svc:10s} 127.0.0.1:{port}")
@@ -188,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
                 storage.upload(path, join(archive_uri, str(path.relative_to(out / "archive"))))
         print(f"  {len(items)} items ({sum(i.damaged for i in items)} damaged) uploaded to {archive_uri}/")
         transcode = transcode_stage(storage, archive_uri)
-        quality = quality_stage(storage, items, archive_uri, transcode)
+        quality = quality_stage(storage, archive_uri, transcode)
         run = train_stage(storage, quality["export"])
         report = evaluate_stage(storage, run, quality, out)
         local_q = download_prefix(storage, quality["output"], out / "quality")
         local_t = download_prefix(storage, run["output"], out / "training")
-        say("reports (open in a browser)")
+        say("summary: verdict per checkpoint against the base model (tiny random models: meaningless by design)")
+        from vidtune.pipeline.cli import verdict_lines
+        from vidtune.pipeline.runner import verdicts_of
+
+        print("  " + verdict_lines(verdicts_of(json.loads(
+            (Path(report).parent / "report.json").read_text(encoding="utf-8")))).replace("\n", "\n  "))
+        say(f"reports: local files under {out}, kept after the stack stops (open in a browser)")
         print(f"  quality statistics  {local_q / 'stats.html'}")
         print(f"  quality filter      {local_q / 'filter.html'}")
         print(f"  training            {local_t / 'report.html'}")

@@ -68,11 +68,15 @@ def test_run_job_and_request_validation(serve, storage, jobs_root, s3_archive, b
     server, address = serve(definition(storage))
     with grpc.insecure_channel(address) as ch:
         q = quality_pb2_grpc.QualityServiceStub(ch)
-        res = wait(ch, q.SubmitRun(quality_pb2.RunQualityRequest(source=f"{s3_archive}/list.csv",
-                                                                 output=f"{bucket}/run", skip_export=True),
-                                   metadata=AUTH, timeout=10))
-        assert res["rows_in"] == 11 == res["clean"] + res["rejected"]  # default rules: tiny clips all go
-        assert storage.exists(res["rejected_manifest"]) and storage.exists(f"{bucket}/run/report.json")
+        job = q.SubmitRun(quality_pb2.RunQualityRequest(source=f"{s3_archive}/list.csv", output=f"{bucket}/run",
+                                                        skip_export=True), metadata=AUTH, timeout=10)
+        final = list(jobs_pb2_grpc.JobServiceStub(ch).WatchJob(jobs_pb2.WatchJobRequest(id=job.id), metadata=AUTH,
+                                                               timeout=120))[-1]
+        # default rules: tiny clips all go; a run that keeps nothing FAILED, with its reports written
+        assert final.state == jobs_pb2.FAILED and "every row was rejected (11 of 11)" in final.error.message
+        res = json_format.MessageToDict(final.result)
+        assert res["rows_in"] == 11 == res["clean"] + res["rejected"]
+        assert storage.exists(f"{bucket}/run/rejected.parquet") and storage.exists(f"{bucket}/run/report.json")
         for call, request, text in [
             (q.SubmitProbe, quality_pb2.ProbeRequest(store=f"{bucket}/s"), "version: required"),
             (q.SubmitRun, quality_pb2.RunQualityRequest(source="/etc/list.csv", output=f"{bucket}/o"), "s3://"),

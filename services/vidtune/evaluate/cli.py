@@ -94,8 +94,16 @@ def _compare_spec(args) -> dict:
 
 
 def _submit(args, rpc_name: str, request_cls: str, spec: dict) -> int:
+    from vidtune.platform.storage import absolute, absolute_locations
     from vidtune.v1 import evaluate_pb2, evaluate_pb2_grpc
 
+    from .tasks import KINDS
+
+    # The service may run in another directory: local paths are sent absolute.
+    spec = absolute_locations(spec, next(k for k in KINDS if k.rpc == rpc_name).locations)
+    if "checkpoints" in spec:  # 'base', a path, or label=path
+        spec["checkpoints"] = [c if c == "base" else "=".join([*c.split("=")[:-1], absolute(c.split("=")[-1])])
+                               for c in spec["checkpoints"]]
     request = getattr(evaluate_pb2, request_cls)(**spec, backend=args.backend)
     return submit_and_follow("evaluate", args, lambda cl: getattr(
         cl.stub(evaluate_pb2_grpc.EvaluateServiceStub), rpc_name)(request, metadata=cl.metadata, timeout=cl.timeout))

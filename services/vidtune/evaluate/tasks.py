@@ -45,11 +45,12 @@ def _generate_problems(spec: dict) -> list[str]:
         generation_settings(spec).validate()
     except InvalidArgument as e:
         return [str(e)]
-    # Checkpoints may be the word "base" or "label=URI"; the URIs are storage locations.
-    from vidtune.platform.storage import require_object_uris
-
-    require_object_uris([c.split("=", 1)[-1] for c in spec.get("checkpoints") or [] if c != "base"], "checkpoints")
     return []
+
+
+def _checkpoint_locations(spec: dict) -> dict[str, list[str]]:
+    """Checkpoints may be the word "base" or "label=URI"; the URIs are storage locations."""
+    return {"checkpoints": [c.split("=", 1)[-1] for c in spec.get("checkpoints") or [] if c != "base"]}
 
 
 def generate(ctx: JobContext) -> dict:
@@ -110,7 +111,7 @@ def _generate_spec(request) -> dict:
 KINDS = [
     JobKind("evaluate.generate", generate, rpc="SubmitGenerate", required=("prompts", "checkpoints", "output"),
             locations=("prompts", "output", "weights"), check=_generate_problems, to_spec=_generate_spec,
-            placement=evaluate_placement),
+            placement=evaluate_placement, nested_locations=_checkpoint_locations),
     JobKind("evaluate.score", score, rpc="SubmitScore", required=("videos", "output"),
             locations=("videos", "output", "prompts", "clip_weights", "i3d", "reference", "grades"),
             placement=evaluate_placement),

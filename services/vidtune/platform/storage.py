@@ -81,6 +81,30 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def normalise(location: str) -> str:
+    """A location in one spelling: local paths lose `./`, doubled and trailing slashes ("./a//b/" -> "a/b"),
+    so a prefix cut from a listing has the length of what the listing returns; URIs are kept as given."""
+    location = str(location)
+    if is_s3(location) or not location:
+        return location
+    return os.path.normpath(location)
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute against this process's directory, so a service started elsewhere reads
+    the same file; URIs and empty values pass unchanged."""
+    location = str(location)
+    if is_s3(location) or not location:
+        return location
+    return os.path.abspath(location)
+
+
+def absolute_locations(spec: dict, fields) -> dict:
+    """A spec with the local paths among its location `fields` made absolute (lists element by element)."""
+    return {k: ([absolute(x) for x in v] if isinstance(v, (list, tuple)) else absolute(v)) if k in fields else v
+            for k, v in spec.items()}
+
+
 def basename(uri: str) -> str:
     return str(uri).rstrip("/").rsplit("/", 1)[-1]
 

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--root", help="dataset root media paths are relative to (default: the source's folder)")
     q.add_argument("--mapping", help="YAML/JSON mapping file: manifest field -> source field")
     q.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "json", "jsondir"])
+    q.add_argument("--transcoded", help="a transcode report (JSONL): rows name their transcoded clips")
     job_args(q)
     q.set_defaults(func=cmd_step, kind="ingest")
 
@@ -92,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--rules")
     q.add_argument("--root")
     q.add_argument("--mapping")
+    q.add_argument("--transcoded", help="a transcode report (JSONL): rows name their transcoded clips, a row "
+                                        "whose source was not transcoded is rejected with the reason")
     q.add_argument("--probe", action="store_true", help="probe media (needed for file, duplicate and score rules)")
     q.add_argument("--export", action="store_true", help="also write <out>/export/ for training")
     q.add_argument("--val-ratio", type=float, default=0.1)
@@ -115,7 +118,7 @@ def spec_from_args(args) -> dict:
     """The job spec of a CLI invocation (field names as in quality.proto)."""
     a = vars(args)
     if args.kind == "ingest":
-        return {k: a.get(k) or "" for k in ("source", "store", "root", "mapping", "format")}
+        return {k: a.get(k) or "" for k in ("source", "store", "root", "mapping", "format", "transcoded")}
     base = {"store": args.store, "version": args.version} if args.kind != "run" else {}
     if args.kind == "probe":
         return base | {"workers": args.workers, "metadata_only": args.metadata_only, "cache": args.cache or ""}
@@ -139,7 +142,7 @@ def spec_from_args(args) -> dict:
         return base | {"output": args.output, "max_tokens": args.max_tokens, "tokenizer": args.tokenizer or "",
                        "manifest_only": args.manifest_only, "workers": args.workers}
     return {"source": args.manifest, "output": args.out, "rules": args.rules or "", "root": args.root or "",
-            "mapping": args.mapping or "", "skip_probe": not args.probe, "skip_export": not args.export,
+            "mapping": args.mapping or "", "transcoded": args.transcoded or "", "skip_probe": not args.probe, "skip_export": not args.export,
             "val_ratio": args.val_ratio, "seed": args.seed, "max_tokens": args.max_tokens, "workers": args.workers}
 
 
@@ -154,9 +157,12 @@ def cmd_step(args) -> int:
     if args.submit:
         from vidtune.v1 import quality_pb2, quality_pb2_grpc
 
+        from vidtune.platform.storage import absolute_locations
+
         # The request message is the input type of the kind's Submit RPC.
         method = quality_pb2.DESCRIPTOR.services_by_name["QualityService"].methods_by_name[kind.rpc]
-        request = getattr(quality_pb2, method.input_type.name)(**spec)
+        # The service may run in another directory: local paths are sent absolute.
+        request = getattr(quality_pb2, method.input_type.name)(**absolute_locations(spec, kind.locations))
         return submit_and_follow("quality", args, lambda c: getattr(c.stub(quality_pb2_grpc.QualityServiceStub),
                                                                     kind.rpc)(request, metadata=c.metadata,
                                                                               timeout=c.timeout))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import yaml
 
 from vidtune.platform.errors import InvalidArgument, NotFound
-from vidtune.platform.storage import Storage, basename, is_s3
+from vidtune.platform.storage import Storage, basename, is_s3, normalise
 
 from .manifest import CORE_SCHEMA, resolve_media
 
@@ -40,6 +40,9 @@ DEFAULT_MAPPING: dict[str, list[str]] = {
     "duration": ["duration", "duration_sec", "length"],
 }
 REQUIRED = ("media", "caption")
+# A CSV field may be large (a caption pasted with its whole script): read it, and let the caption limit
+# reject the row with its reason, instead of the csv module stopping the whole file at 128 KiB.
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclass
@@ -92,11 +95,16 @@ def detect_format(source: str, storage: Storage) -> str:
 
 def ingest(source: str, root: str | None = None, mapping: str | None = None, fmt: str = "auto",
            storage: Storage | None = None, progress: Callable[[int, int, str], None] | None = None,
-           workers: int = 8) -> IngestResult:
+           workers: int = 8, transcoded: str | None = None) -> IngestResult:
     """Read `source` into a manifest table; media paths are checked against the dataset `root`.
 
     `root` defaults to the folder holding the listing file, or holding the label directory (archives keep
     `labels/` beside `media/`, and label paths name media from the archive root).
+
+    `transcoded` is a transcode report (JSONL, one line per input: input, status, output, reason): each row
+    then names its transcoded clip instead of the archive object (kept in `source_media`), and a row whose
+    source was not transcoded is an ingest error with the reason. The result's root is then the folder
+    holding the transcoded clips.
     """
     storage = storage or Storage()
     fmt = detect_format(source, storage) if fmt == "auto" else fmt
@@ -124,16 +132,97 @@ def ingest(source: str, root: str | None = None, mapping: str | None = None, fmt
         digest.update(data)
         n_files = 1
         name = basename(source)
+        if fmt == "csv":
+            check_csv_columns(data, fields, name)
         raw = list(_parse_csv(data, name) if fmt == "csv" else
                    _parse_jsonl(data, name) if fmt == "jsonl" else _parse_json_doc(data, name))
     digest.update(json.dumps(fields, sort_keys=True).encode())
     table = _build_table(raw, fields, root)
+    if transcoded:
+        report = storage.read_bytes(transcoded)
+        digest.update(b"\0transcoded\0" + report)
+        table, root = join_transcoded(table, root, _report_lines(report, transcoded), transcoded)
     errors: dict[str, int] = {}
     for e in table.column("ingest_error").to_pylist():
         if e:
             key = e.split(":", 1)[0]
             errors[key] = errors.get(key, 0) + 1
     return IngestResult(table, digest.hexdigest()[:16], root, n_files, errors)
+
+
+def check_csv_columns(data: bytes, fields: dict[str, list[str]], name: str) -> None:
+    """A CSV whose header has no column for a required field cannot give a single clean row: say so once,
+    naming the field, what was looked for and how to map it, instead of rejecting every row."""
+    first = data.decode("utf-8", errors="replace").lstrip("\ufeff").split("\n", 1)[0]
+    header = next(csv.reader([first]), [])
+    for key in REQUIRED:
+        if not any(c.split(".")[0] in header for c in fields[key]):
+            raise InvalidArgument(
+                f"{name}: no {key} column (looked for {', '.join(fields[key])}; the header has "
+                f"{', '.join(header) or 'nothing'}); name yours in a mapping file, e.g. `{key}: <column>`, "
+                f"and pass it with --mapping")
+
+
+def _report_lines(data: bytes, uri: str) -> list[dict]:
+    lines = []
+    for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidArgument(f"transcode report {uri}:{i}: not JSON: {e.msg}") from None
+        if not isinstance(doc, dict) or not doc.get("input") or not doc.get("status"):
+            raise InvalidArgument(f"transcode report {uri}:{i}: expected an object with input, status, output")
+        lines.append(doc)
+    return lines
+
+
+def _location_key(location: str) -> str:
+    """One spelling per file, so a label's media and a report's input compare equal."""
+    return location if is_s3(location) else os.path.abspath(normalise(location))
+
+
+def common_folder(locations: list[str]) -> str:
+    """The deepest folder holding every location (paths or URIs of one bucket)."""
+    parts = [loc.split("/")[:-1] for loc in locations]
+    common = parts[0]
+    for p in parts[1:]:
+        n = 0
+        while n < min(len(common), len(p)) and common[n] == p[n]:
+            n += 1
+        common = common[:n]
+    return "/".join(common) or "/"
+
+
+def join_transcoded(table: pa.Table, root: str, lines: list[dict], report_uri: str) -> tuple[pa.Table, str]:
+    """Point each row at its transcoded clip (see `ingest`); returns the table and the clips' root."""
+    by_input = {_location_key(ln["input"]): ln for ln in lines}
+    outputs = [ln["output"] for ln in lines if ln["status"] == "ok" and ln.get("output")]
+    if not outputs:
+        raise InvalidArgument(f"transcode report {report_uri}: no input was transcoded, nothing to join")
+    clips_root = common_folder(outputs)
+    rows = table.to_pylist()
+    for row in rows:
+        if not row["source_media"]:  # no media, or a path that escapes the root: already an ingest error
+            continue
+        source = row["source_media"]
+        line = by_input.get(_location_key(source))
+        reason = None
+        if line is None:
+            reason = f"not transcoded: {source} is not in the transcode report {report_uri}"
+        elif line["status"] != "ok":
+            reason = f"transcode failed: {line.get('reason') or 'no reason recorded'}"
+        if reason:
+            row["ingest_error"] = "; ".join(filter(None, [row["ingest_error"], reason]))
+            continue
+        row["transcoded"] = line["output"]
+        row["media"] = line["output"][len(clips_root.rstrip("/")) + 1:]
+        row["media_type"] = line.get("media_type") or row["media_type"]
+        for key in ("width", "height", "duration"):  # the clip's facts, not the archive object's
+            if line.get(key):
+                row[key] = float(line[key])
+    return pa.Table.from_pylist(rows, schema=table.schema), clips_root
 
 
 def _read(storage: Storage, uri: str) -> bytes:
@@ -245,7 +334,7 @@ def _build_table(raw: list[tuple[str, dict | None, str | None]], fields: dict[st
     for src, doc, err in raw:
         row = {"id": None, "media": None, "caption": None, "category": None, "media_type": None,
                "width": None, "height": None, "duration": None, "source": src, "ingest_error": err,
-               "extra": None}
+               "extra": None, "source_media": None, "transcoded": None}
         errors = [err] if err else []
         if doc is not None:
             used: set[str] = set()
@@ -287,7 +376,7 @@ def _build_table(raw: list[tuple[str, dict | None, str | None]], fields: dict[st
             media = row["media"]
             if isinstance(media, str) and media:
                 try:
-                    resolve_media(root, media)
+                    row["source_media"] = resolve_media(root, media)
                 except InvalidArgument as e:
                     errors.append(f"bad path: {e}")
                 mt = (row["media_type"] or "").strip().lower()

@@ -33,6 +33,10 @@ CORE_SCHEMA = pa.schema([
     ("source", pa.string()),         # where the row came from: file[:line]
     ("ingest_error", pa.string()),   # null when the row was read cleanly
     ("extra", pa.large_string()),    # unknown fields as JSON, kept for the next consumer
+    # lineage: the archive object a row's label names, and the transcoded clip that replaced it (when a
+    # transcode report was joined at ingest; `media` then names the transcoded clip)
+    ("source_media", pa.string()),
+    ("transcoded", pa.string()),
 ])
 
 

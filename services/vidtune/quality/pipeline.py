@@ -34,10 +34,12 @@ def _noop(done: int, total: int, message: str = "") -> None:
 
 
 def step_ingest(store: ManifestStore, source: str, root: str | None = None, mapping: str | None = None,
-                fmt: str = "auto", progress: Progress = _noop) -> Version:
-    res = ingest(source, root=root, mapping=mapping, fmt=fmt, storage=store.storage, progress=progress)
+                fmt: str = "auto", progress: Progress = _noop, transcoded: str | None = None) -> Version:
+    res = ingest(source, root=root, mapping=mapping, fmt=fmt, storage=store.storage, progress=progress,
+                 transcoded=transcoded)
     root = res.root
-    params = {"source": source, "root": root, "mapping": mapping, "format": fmt, "source_digest": res.source_digest}
+    params = {"source": source, "root": root, "mapping": mapping, "format": fmt, "source_digest": res.source_digest,
+              "transcoded": transcoded}
     table = with_features(res.table)
     return store.save(table, "ingest", None, params,
                       extra={"root": root, "ingest_errors": res.errors, "files": res.files})
@@ -123,7 +125,20 @@ def step_export(store: ManifestStore, version: str, out: str, max_tokens: int = 
         res = dataset.export(part, root, out, store.storage, max_tokens, counter, copy_media, workers, scratch,
                              progress, cancelled, metadata_name=name)
         result[name] = res.as_dict()
+    result["lineage"] = write_lineage(table, root, out, store.storage)
     return result
+
+
+def write_lineage(table: pa.Table, root: str, out: str, storage: Storage) -> str:
+    """`<out>/lineage.jsonl`: per exported row, the archive object, its transcoded clip and the exported file."""
+    from .manifest import relative_media
+
+    cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+            for c in ("id", "media", "source_media", "transcoded", "split")}
+    rows = [{"id": cols["id"][i], "source": cols["source_media"][i], "transcoded": cols["transcoded"][i],
+             "exported": join(out, relative_media(root, cols["media"][i])), "split": cols["split"][i]}
+            for i in range(table.num_rows)]
+    return storage.write_jsonl(join(out, "lineage.jsonl"), rows)
 
 
 def filter_report(report: dict, out: str, storage: Storage, ingest_errors: dict | None = None) -> dict[str, str]:
@@ -149,7 +164,7 @@ def run_quality(source: str, out: str, rules: str | None = None, root: str | Non
                 workers: int = 2, val_ratio: float | None = 0.1, seed: int = 0, export: bool = True,
                 export_dir: str | None = None, max_tokens: int = 512, tokenizer: str | None = None,
                 rule_overrides: dict | None = None, content_sample: int = CONTENT_SAMPLE,
-                storage: Storage | None = None,
+                storage: Storage | None = None, transcoded: str | None = None,
                 scratch: str | None = None, progress: Progress = _noop,
                 cancelled: Callable[[], bool] | None = None) -> dict:
     """Ingest -> (probe) -> filter -> (split) -> statistics -> (export), all below `out` (dir or s3 prefix).
@@ -157,14 +172,15 @@ def run_quality(source: str, out: str, rules: str | None = None, root: str | Non
     Writes `<out>/clean.parquet`, `<out>/rejected.parquet` (with a `reasons` column), `<out>/report.json`,
     `<out>/filter.{md,html,json}`, `<out>/stats.{md,html,json}` + figures, manifest versions with lineage in
     `<out>/manifests/`, and with `export` the training layout in `<out>/export/` (metadata.csv = train,
-    metadata_val.csv = val). Returns the report dict (also in report.json).
+    metadata_val.csv = val). With `transcoded` (a transcode report) rows name their transcoded clips (see
+    ingest.ingest). Returns the report dict (also in report.json).
     """
     storage = storage or Storage()
     store = ManifestStore(join(out, "manifests"), storage)
     timings: dict[str, float] = {}
     t = time.monotonic()
     progress(0, 0, "ingest")
-    ing = step_ingest(store, source, root, mapping, fmt, progress)
+    ing = step_ingest(store, source, root, mapping, fmt, progress, transcoded)
     timings["ingest"] = time.monotonic() - t
     current = ing.id
     probe_info = None

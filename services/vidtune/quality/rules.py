@@ -121,9 +121,32 @@ def parse_rules(text: str, origin: str = "rules") -> RuleSet:
             raise InvalidArgument(f"{origin}: range rule {rule.name!r} needs min and/or max")
         names.add(rule.name)
         rules.append(rule)
+    for rule in rules:  # after the shape of every rule is known good
+        check_field(rule, origin)
     if not any(r.type == "ingest" for r in rules):  # a row that could not be read never passes
         rules.insert(0, Rule(name="ingest_errors", type="ingest"))
     return RuleSet(rules)
+
+
+def known_fields() -> dict[str, tuple[str, ...]]:
+    """The columns each rule type may name: a typo is an error when the rules are read, not a rule that
+    silently never applies."""
+    from .manifest import CORE_SCHEMA
+    from .probe import PROBE_SCHEMA
+
+    numeric = [f.name for f in (*CORE_SCHEMA, *PROBE_SCHEMA)
+               if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    derived = ["short_side", "aspect_ratio", "fps", *FEATURE_COLUMNS]
+    return {"range": tuple(dict.fromkeys(numeric + derived)),
+            "duplicate": tuple(f.name for f in (*CORE_SCHEMA, *PROBE_SCHEMA)),
+            "near_duplicate": ("phash",)}
+
+
+def check_field(rule: Rule, origin: str) -> None:
+    allowed = known_fields().get(rule.type)
+    if allowed is not None and rule.field not in allowed:
+        raise InvalidArgument(f"{origin}: rule {rule.name!r} names unknown field {rule.field!r} for a "
+                              f"{rule.type} rule; known: {', '.join(allowed)}")
 
 
 def default_rules() -> RuleSet:
@@ -142,6 +165,7 @@ def load_rules(uri: str | None, storage: Storage | None = None,
             if k not in Rule.__dataclass_fields__:
                 raise InvalidArgument(f"override for rule {name!r}: unknown key {k!r}")
             setattr(match[0], k, v)
+        check_field(match[0], f"override for rule {name!r}")
     return rs
 
 

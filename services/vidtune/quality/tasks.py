@@ -6,6 +6,7 @@ killed and resumed job neither loses nor repeats work.
 """
 from __future__ import annotations
 
+from vidtune.platform.errors import FailedPrecondition
 from vidtune.platform.jobs import JobContext
 from vidtune.platform.kinds import JobKind, handlers
 from vidtune.platform.storage import join
@@ -47,7 +48,7 @@ def quality_ingest(ctx: JobContext) -> dict:
     root = spec.get("root") or None
     store = ManifestStore(spec.get("store") or join(root or default_root(spec["source"]), "manifests"), ctx.storage)
     v = pipeline.step_ingest(store, spec["source"], root, spec.get("mapping") or None, spec.get("format") or "auto",
-                             progress=ctx.progress)
+                             progress=ctx.progress, transcoded=spec.get("transcoded") or None)
     return {"store": store.root, "version": v.id, "manifest": v.uri, "rows": v.rows,
             "ingest_errors": v.record.get("ingest_errors", {})}
 
@@ -102,9 +103,15 @@ def quality_export(ctx: JobContext) -> dict:
     res = pipeline.step_export(_store(ctx), spec["version"], spec["output"], int(spec.get("max_tokens") or 512),
                                spec.get("tokenizer") or None, not spec.get("manifest_only"),
                                int(spec.get("workers") or 4), str(ctx.scratch), ctx.progress, ctx.cancelled)
-    return {"output": spec["output"], "metadata": res["metadata.csv"]["metadata"],
-            "rows": sum(v["rows"] for k, v in res.items() if k != "output"),
-            "copied": sum(v["copied"] for k, v in res.items() if k != "output")}
+    parts = [v for v in res.values() if isinstance(v, dict)]  # metadata.csv and metadata_val.csv
+    return {"output": spec["output"], "metadata": res["metadata.csv"]["metadata"], "lineage": res["lineage"],
+            "rows": sum(v["rows"] for v in parts), "copied": sum(v["copied"] for v in parts)}
+
+
+def no_clean_rows(report: dict, out: str) -> str:
+    rules = [f"{r['name']} ({r['rejected']})" for r in report["rules"] if r["rejected"]]
+    return (f"every row was rejected ({report['rejected']} of {report['rows_in']}); rules that rejected rows: "
+            f"{', '.join(rules) or 'none'}; see {join(out, 'filter.html')}")
 
 
 def quality_run(ctx: JobContext) -> dict:
@@ -117,15 +124,19 @@ def quality_run(ctx: JobContext) -> dict:
         workers=int(spec.get("workers") or DEFAULT_WORKERS), val_ratio=float(spec.get("val_ratio") or 0.1),
         seed=int(spec.get("seed") or 0), export=not spec.get("skip_export"),
         max_tokens=int(spec.get("max_tokens") or 512), storage=ctx.storage, scratch=str(ctx.scratch),
-        progress=ctx.progress, cancelled=ctx.cancelled)
+        progress=ctx.progress, cancelled=ctx.cancelled, transcoded=spec.get("transcoded") or None)
+    ctx.set_result(rows_in=report["rows_in"], clean=report["clean"], rejected=report["rejected"])
+    if not report["clean"]:  # reports are written, but a run that kept nothing did not succeed
+        raise FailedPrecondition(no_clean_rows(report, out))
     return {"rows_in": report["rows_in"], "clean": report["clean"], "rejected": report["rejected"],
             "clean_manifest": report["outputs"]["clean"], "rejected_manifest": report["outputs"]["rejected"],
-            "stats_html": report["outputs"]["stats"]["html"],
+            "stats_html": report["outputs"]["stats"]["html"], "manifests": report["outputs"]["manifests"],
+            "final_version": report["versions"]["final"],
             "export": (report["export"] or {}).get("output", "")}
 
 
 # Spec fields that name storage locations: a remote caller may only point them at the object store.
-_LOCATIONS = ("source", "store", "root", "mapping", "rules", "output", "report", "cache", "tokenizer")
+_LOCATIONS = ("source", "store", "root", "mapping", "rules", "output", "report", "cache", "tokenizer", "transcoded")
 
 
 def _kind(verb: str, handler, rpc: str, required: tuple[str, ...], check=None) -> JobKind:

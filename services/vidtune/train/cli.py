@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     presets = s.add_parser("presets", help="list the named presets with their expected memory per GPU")
     presets.set_defaults(func=cmd_presets)
 
+    config = s.add_parser("config", help="every config key (for --set and --config) with its type and default")
+    config.set_defaults(func=cmd_config)
+
 
 @contextlib.contextmanager
 def stdout_to_stderr():
@@ -136,8 +139,11 @@ def cmd_submit(args) -> int:
         return 0
     from vidtune.v1 import train_pb2, train_pb2_grpc
 
+    from vidtune.platform.storage import absolute
+
+    # The service may run in another directory: local paths are sent absolute.
     request = train_pb2.TrainRequest(preset=preset, config_yaml=yaml.safe_dump(config) if config else "",
-                                     dataset=args.dataset, output=args.out, max_steps=args.max_steps,
+                                     dataset=absolute(args.dataset), output=absolute(args.out), max_steps=args.max_steps,
                                      backend=args.backend, timeout_s=args.timeout)
     return submit_and_follow("train", args, lambda c: c.stub(train_pb2_grpc.TrainServiceStub)
                              .SubmitTrain(request, metadata=c.metadata, timeout=c.timeout))
@@ -150,4 +156,17 @@ def cmd_presets(args) -> int:
               f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} estimated {est['total_gb']:.1f} GB/GPU "
               f"(weights {est['weights_gb']:.1f} + LoRA/optimizer {est['lora_gb']:.1f} + activations "
               f"{est['activations_gb']:.1f} at {est['tokens']} tokens + runtime {est['runtime_gb']:.1f})")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import dataclasses
+
+    from .config import TrainConfig
+
+    defaults = TrainConfig()
+    print(f"{'key':<30} {'type':<14} default")
+    for f in dataclasses.fields(TrainConfig):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        print(f"{f.name:<30} {kind:<14} {json.dumps(getattr(defaults, f.name), ensure_ascii=False)}")
     return 0

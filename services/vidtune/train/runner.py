@@ -407,6 +407,8 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     unwrapped = accelerator.unwrap_model(model)
     result = RunResult(steps=start, total_steps=total, resumed_from=resumed_from, out=out,
                        samples=len(samples), rejected=len(rejected))
+    if metrics:  # a resumed (or already finished) run reports the loss it reached, not NaN
+        result.final_loss = float(metrics[-1]["loss"])
     epochs_written: dict[int, str] = {}
 
     def save_lora(uri: str, step: int, epoch: int) -> dict:

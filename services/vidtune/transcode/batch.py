@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from vidtune.platform.access import refusal
-from vidtune.platform.errors import InvalidArgument, JobCancelled, NotFound
+from vidtune.platform.errors import FailedPrecondition, InvalidArgument, JobCancelled, NotFound
 from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import media_type
-from vidtune.platform.storage import Storage, basename, is_s3, join
+from vidtune.platform.storage import Storage, basename, is_s3, join, normalise
 
 from .encode import encode_image, encode_video
 from .profiles import Profile
@@ -83,6 +83,7 @@ def list_inputs(storage: Storage, inputs: Iterable[str], source: str = "inputs")
         entry = str(entry).strip()
         if not entry:
             continue
+        entry = normalise(entry)  # "./archive" is listed as "archive/...": cut prefixes from the same spelling
         reason = refusal(storage.policy, entry, source)
         if reason:
             if entry not in seen:
@@ -210,6 +211,14 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
     ok = sum(r.status == "ok" for r in ordered)
     return BatchSummary(total=total, ok=ok, failed=total - ok, skipped=sum(r.skipped for r in ordered),
                         report=report_uri, results=ordered)
+
+
+def require_output(summary: BatchSummary) -> None:
+    """A batch that transcoded nothing failed, whatever the reason of each input."""
+    if summary.total and not summary.ok:
+        first = next((r.reason for r in summary.results if r.reason), "")
+        raise FailedPrecondition(f"every input failed ({summary.failed} of {summary.total}); first: {first}; "
+                                 f"report: {summary.report}")
 
 
 def shard_items(items: list[Item], index: int, count: int) -> list[Item]:

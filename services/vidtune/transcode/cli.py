@@ -70,6 +70,11 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from vidtune.v1 import transcode_pb2, transcode_pb2_grpc
 
-    request = transcode_pb2.TranscodeRequest(**_spec(args))
+    from vidtune.platform.storage import absolute_locations
+
+    from .tasks import KINDS
+
+    # The service may run in another directory: local paths are sent absolute.
+    request = transcode_pb2.TranscodeRequest(**absolute_locations(_spec(args), KINDS[0].locations))
     return submit_and_follow("transcode", args, lambda c: c.stub(transcode_pb2_grpc.TranscodeServiceStub)
                              .SubmitTranscode(request, metadata=c.metadata, timeout=c.timeout))

@@ -5,7 +5,7 @@ from vidtune.platform.jobs import JobContext
 from vidtune.platform.kinds import JobKind, handlers
 from vidtune.platform.storage import join
 
-from .batch import run_batch
+from .batch import require_output, run_batch
 from .profiles import get_profile
 
 
@@ -30,6 +30,8 @@ def transcode_batch(ctx: JobContext) -> dict:
     summary = run_batch(ctx.storage, list(spec["inputs"]), spec["output"], profile, workers=int(spec.get("workers") or 2),
                         report_uri=report, scratch=ctx.scratch, progress=ctx.progress, cancelled=ctx.cancelled,
                         shard=shard, processes=ctx.processes)
+    ctx.set_result(**summary.as_dict())
+    require_output(summary)
     rejected = [{"input": r.input, "reason": r.reason} for r in summary.results if r.status != "ok"]
     # The report holds every line; the result names the first rejections so a caller sees why at once.
     return summary.as_dict() | {"profile": profile.name, "output": spec["output"], "rejected": rejected[:50]}
