@@ -32,7 +32,8 @@ def _clip(storage, uri: str, seed: int = 0) -> str:
 
     from vidtune.evaluate.videoio import write_mp4
 
-    frames = np.random.default_rng(seed).integers(0, 255, (9, 64, 64, 3), dtype=np.uint8)
+    # 17 frames: FVD (StyleGAN-V protocol) discards reference clips shorter than 16 frames.
+    frames = np.random.default_rng(seed).integers(0, 255, (17, 64, 64, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as d:
         storage.upload(write_mp4(frames, Path(d) / "c.mp4"), uri)
     return uri

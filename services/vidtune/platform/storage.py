@@ -81,11 +81,14 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def normalise(location: str) -> str:
     """A location in one spelling: local paths lose `./`, doubled and trailing slashes ("./a//b/" -> "a/b"),
     so a prefix cut from a listing has the length of what the listing returns; URIs are kept as given."""
     location = str(location)
-    if is_s3(location) or not location:
+    if not location or _SCHEME.match(location):  # s3://, file://, http:// ...: as given (a policy judges them)
         return location
     return os.path.normpath(location)
 

@@ -194,7 +194,6 @@ def _probe_image(path: Path, row: dict, settings: ProbeSettings) -> None:
 
 
 def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
-    import av
 
     try:
         info = probe_video(path)
