@@ -80,7 +80,10 @@ def streams_bench(s3: Storage, bucket: str, workdir: Path) -> dict:
     root = join(bucket, f"jobs-streams-{secrets.token_hex(2)}")
     held = _quiet_record(JobStore(s3, root, "transcode"))
     server = start_replica("streams", PORT_BASE + 90, _store_env(s3), root, workdir / "streams.log",
-                           VIDTUNE_MAX_STREAMS_PER_PEER=2 * WATCHES)
+                           VIDTUNE_MAX_STREAMS_PER_PEER=2 * WATCHES,
+                           # Every timed Submit leaves a job behind (each fails at once: no inputs); the cap on
+                           # active jobs would otherwise refuse the later calls.
+                           VIDTUNE_MAX_ACTIVE_JOBS=100_000)
     rounds = {"idle": {"submit": [], "get": []}, "streams": {"submit": [], "get": []}}
     empty = join(bucket, "bench-runtime-empty/")
     try:
