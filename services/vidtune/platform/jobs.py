@@ -128,13 +128,6 @@ def transition(record: dict, state: str) -> dict:
     return record
 
 
-def fail(record: dict, code: str, message: str) -> dict:
-    transition(record, FAILED)
-    record["error"] = {"code": grpc_code(code), "message": message}
-    record["progress"]["message"] = message
-    return record
-
-
 _URI_IN_TEXT = re.compile(r"s3://[^\s'\"]+")
 
 
