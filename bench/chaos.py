@@ -281,7 +281,9 @@ class Chaos:
     def _ffmpeg_wrapper(self) -> str:
         real = subprocess.run(["bash", "-c", "command -v ffmpeg"], capture_output=True, text=True).stdout.strip()
         wrapper = self.workdir / "ffmpeg"
-        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $$ $*" >> {self.encode_log}\nexec {real} "$@"\n')
+        # CHAOS_ENCODE_DELAY (seconds) slows each encode where a scenario needs the job to outlast an event.
+        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $$ $*" >> {self.encode_log}\n'
+                           f'sleep "${{CHAOS_ENCODE_DELAY:-0}}"\nexec {real} "$@"\n')
         wrapper.chmod(0o755)
         return str(wrapper)
 
@@ -385,10 +387,13 @@ def two_replicas_one_job(chaos: Chaos, n: int = 12) -> Row:
     """A second replica starts mid-job (a rolling update): the job keeps one runner."""
     row = Row("two replicas, one job", True)
     bucket = chaos.new_bucket("two")
-    job_id, watch = chaos.start_job(chaos.serving("A", bucket), bucket, n)
+    # Each encode on A takes at least 0.5 s, and B starts while the job is submitted: B comes up mid-job.
+    first = chaos.serving("A", bucket, CHAOS_ENCODE_DELAY=0.5)
+    second = chaos.replica("B", bucket)
+    job_id, watch = chaos.start_job(first, bucket, n)
     try:
         watch.done_at_least(0)
-        chaos.serving("B", bucket)
+        second.wait_serving()
         done_when_b_up = watch.record["progress"]["done"]
         row.check(done_when_b_up < n, f"the job ended ({done_when_b_up}/{n}) before replica B was up")
         record = watch.terminal()
