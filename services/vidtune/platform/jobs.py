@@ -711,16 +711,10 @@ class JobManager:
         return rec
 
     def get(self, job_id: str) -> dict:
-        with self._cond:
-            live = self._live.get(job_id)
-            if live is not None:
-                return json.loads(json.dumps(live))
-        cached = self.index.get(job_id)
-        if cached is not None:
-            return cached
-        record = self.store.load(job_id)
-        self.index.put(record)
-        return record
+        for known in (self._live_copy(job_id), self.index.get(job_id)):
+            if known is not None:
+                return known
+        return self._load(job_id)
 
     def get_cached(self, job_id: str) -> dict | None:
         """The newest record this process knows without asking the store (its runner's copy, the index)."""
@@ -779,10 +773,16 @@ class JobManager:
 
     def _fresh(self, job_id: str) -> dict:
         """The newest record: from this process while it runs the job, else from the store."""
+        live = self._live_copy(job_id)
+        return live if live is not None else self._load(job_id)
+
+    def _live_copy(self, job_id: str) -> dict | None:
+        """A copy of the record this process's runner holds, if it runs the job."""
         with self._cond:
             live = self._live.get(job_id)
-        if live is not None:
-            return json.loads(json.dumps(live))
+            return json.loads(json.dumps(live)) if live is not None else None
+
+    def _load(self, job_id: str) -> dict:
         record = self.store.load(job_id)
         self.index.put(record)
         return record
