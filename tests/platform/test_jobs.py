@@ -1,3 +1,4 @@
+import secrets
 import threading
 import time
 
@@ -244,6 +245,45 @@ def test_list_pages_newest_first_and_filters(storage, jobs_root):
     assert [r["id"] for r in page] == [recs[2]["id"], recs[1]["id"]]
     assert [r["id"] for r in m.list(kind="t.a")[0]] == [recs[3]["id"], recs[1]["id"]]
     assert [r["id"] for r in m.list(labels={"team": "y"})[0]] == [recs[4]["id"], recs[3]["id"]]
+
+
+def test_index_lists_only_recent_ids_between_full_listings(storage, jobs_root, monkeypatch):
+    """A refresh lists the ids since the newest known one less the clock skew, re-reads unfinished records
+    by id, and a full listing (every `full_every` seconds) brings in an id stamped older than that."""
+    from vidtune.platform.jobs import JobIndex
+
+    store = JobStore(storage, jobs_root, "transcode")
+
+    def make(stamp: str, state: str = SUCCEEDED) -> dict:
+        rec = new_record("transcode", "t.a", {})
+        rec["id"], rec["state"] = f"tc-{stamp}-{secrets.token_hex(3)}", state
+        store.create(rec)
+        return rec
+
+    old = [make(f"20260101-00{m:02d}00") for m in range(30)]
+    running = make("20260101-003000", RUNNING)
+    ids_seen: list[list[str]] = []
+    real_ids = store.ids
+    monkeypatch.setattr(store, "ids", lambda since="": ids_seen.append(real_ids(since)) or ids_seen[-1])
+
+    index = JobIndex(store, full_every=3600)
+    index.refresh()  # the first refresh lists everything
+    assert len(ids_seen[-1]) == 31 and index.get(old[0]["id"])
+    newer = make("20260101-010000")
+    straggler = make("20260101-000500")  # stamped by a replica whose clock ran behind: older than the skew
+    running["state"] = SUCCEEDED
+    store.replace(running, store.load_versioned(running["id"])[1])
+    index.refresh()  # incremental: ids from 00:20:00 (the newest, 00:30, less 10 minutes) on
+    assert sorted(ids_seen[-1]) == sorted(r["id"] for r in [*old[20:], running, newer])
+    assert index.get(newer["id"]) and index.get(running["id"])["state"] == SUCCEEDED
+    assert index.get(straggler["id"]) is None
+    index._last_full -= 3600  # the next refresh is due a full listing
+    index.refresh()
+    assert len(ids_seen[-1]) == 33 and index.get(straggler["id"])
+    storage.delete(store.uri(old[0]["id"]))
+    index._last_full -= 3600
+    index.refresh()
+    assert index.get(old[0]["id"]) is None  # a deleted record leaves the index at the full listing
 
 
 def test_cancelling_one_job_stops_its_own_subprocesses_only(storage, jobs_root):

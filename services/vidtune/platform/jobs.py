@@ -245,9 +245,11 @@ class JobStore:
         record["revision"] = int(record.get("revision", 0)) + 1  # every write differs, even with equal content
         return self.storage.write_if(self.uri(record["id"]), _dump(record), version)
 
-    def ids(self) -> list[str]:
-        """Every job id of this service, newest first (ids sort by creation time)."""
-        names = (u.rsplit("/", 1)[-1] for u in self.storage.list(self.prefix(), recursive=False))
+    def ids(self, since: str = "") -> list[str]:
+        """Every job id of this service, newest first (ids sort by creation time); with `since` (an id or
+        an id's leading part), only the ids that sort after it."""
+        start = self.prefix() + since if since else ""
+        names = (u.rsplit("/", 1)[-1] for u in self.storage.list(self.prefix(), recursive=False, start_after=start))
         ids = [n[:-5] for n in names if n.endswith(".json") and not n.endswith(".observed.json")]
         return sorted((i for i in ids if not i.startswith(".")), reverse=True)
 
@@ -547,25 +549,53 @@ def _end_after_error(record: dict, exc: Exception, stop: StopSignal) -> None:
 
 # --------------------------------------------------------------------------- the index
 class JobIndex:
-    """Every record of one service in memory, kept current like an informer cache: a refresh lists the
-    keys (one request per thousand) and reads only records that are new or not finished yet, since a
-    finished record never changes. ListJobs pages through it; WatchJob reads it."""
+    """Every record of one service in memory, kept current like an informer cache: a refresh reads only
+    records that are new or not finished yet, since a finished record never changes. ListJobs pages
+    through it; WatchJob reads it.
 
-    def __init__(self, store: JobStore, read_threads: int = 8):
+    Listing every key costs one request per thousand records and most of an idle replica's CPU at 10,000,
+    so a refresh lists only the ids created since the newest known one, less ID_SKEW_SECONDS for replicas
+    whose clocks (which stamp the ids) run behind; a full listing every `full_every` seconds (default
+    VIDTUNE_FULL_SCAN_SECONDS) catches anything older and drops deleted records."""
+
+    ID_SKEW_SECONDS = 600
+
+    def __init__(self, store: JobStore, read_threads: int = 8, full_every: float | None = None):
         self.store = store
+        self.full_every = full_every if full_every is not None else float(os.environ.get("VIDTUNE_FULL_SCAN_SECONDS", "60"))
         self._records: dict[str, dict] = {}
         self._unreadable: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix=f"{store.service}-index")
+        self._last_full = -math.inf
         self.filled = threading.Event()
 
+    def _listing_start(self) -> str:
+        """The leading part of the ids an incremental refresh lists: the newest known id's time less the
+        skew. Empty (a full listing) while nothing is known or an id does not parse."""
+        try:
+            service, day, hms, _ = max(self._records).rsplit("-", 3)
+            stamp = dt.datetime.strptime(f"{day}-{hms}", "%Y%m%d-%H%M%S")
+        except ValueError:
+            return ""
+        return f"{service}-{(stamp - dt.timedelta(seconds=self.ID_SKEW_SECONDS)):%Y%m%d-%H%M%S}"
+
     def refresh(self) -> None:
-        ids = self.store.ids()
+        now = time.monotonic()
         with self._lock:
-            stale = [i for i in ids if i not in self._records or self._records[i]["state"] not in TERMINAL]
-            for gone in set(self._records) - set(ids):
-                del self._records[gone]
-        stale = [i for i in stale if i not in self._unreadable]
+            full = now - self._last_full >= self.full_every or not self._records
+            since = "" if full else self._listing_start()
+        ids = self.store.ids(since)
+        with self._lock:
+            unfinished = {i for i, r in self._records.items() if r["state"] not in TERMINAL}
+            stale = [i for i in ids if i not in self._records] + sorted(unfinished)
+            if since == "":
+                listed = set(ids)
+                for gone in set(self._records) - listed:
+                    del self._records[gone]
+                stale = [i for i in stale if i in listed]
+                self._last_full = now
+        stale = [i for i in dict.fromkeys(stale) if i not in self._unreadable]
         for job_id, record in zip(stale, self._pool.map(self.store.try_load, stale)):
             if record is None:
                 self._unreadable.add(job_id)  # warned once; not read again by every scan

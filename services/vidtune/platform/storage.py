@@ -265,9 +265,10 @@ class Storage:
                 raise NotFound(f"s3://{bucket}/{key} does not exist") from None
             raise
 
-    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+    def list(self, prefix: str, recursive: bool = True, start_after: str = "") -> Iterator[str]:
         """Every file (object) below a directory or prefix, sorted, as paths or URIs; never anything outside
-        the allowed prefix (VIDTUNE_S3_PREFIX)."""
+        the allowed prefix (VIDTUNE_S3_PREFIX). With `start_after` (a path or URI below `prefix`), only those
+        that sort after it: the store skips the rest, so a listing of new keys costs what they cost."""
         if self._local(prefix, LIST):
             root = Path(prefix)
             if root.is_file():
@@ -277,7 +278,7 @@ class Storage:
                 return
             it = root.rglob("*") if recursive else root.iterdir()
             for p in sorted(it):
-                if p.is_file():
+                if p.is_file() and str(p) > start_after:
                     yield str(p)
             return
         self.check(prefix, "listing", LIST)
@@ -290,7 +291,8 @@ class Storage:
         from minio.error import S3Error
 
         try:
-            for obj in self.client.list_objects(bucket, prefix=key or None, recursive=recursive):
+            after = split_uri(start_after)[1] if start_after else None
+            for obj in self.client.list_objects(bucket, prefix=key or None, recursive=recursive, start_after=after):
                 if not obj.is_dir and obj.object_name.startswith(allowed):
                     yield f"{S3_SCHEME}{bucket}/{obj.object_name}"
         except S3Error as e:
