@@ -154,8 +154,9 @@ def _group_stats(idx: np.ndarray, cols: dict[str, np.ndarray], parents: np.ndarr
         "gini": gini(cat_counts),
     }
     w, h = cols["width"][idx], cols["height"][idx]
-    # Distinct sizes are few: count the (width, height) pairs, then word each once.
-    unknown = np.isnan(w) | np.isnan(h)
+    # Distinct sizes are few: count the (width, height) pairs, then word each once. A size that is not a
+    # finite number (a hostile label's inf) is unknown, not a crash.
+    unknown = ~(np.isfinite(w) & np.isfinite(h))
     pairs, count = np.unique(np.stack([np.where(unknown, 0, w), np.where(unknown, 0, h), unknown]).T, axis=0,
                              return_counts=True)
     sizes: dict[str, int] = {}
