@@ -10,6 +10,7 @@ the morphological analysis for content words lives in stats.py because it is far
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import os
 import unicodedata
@@ -44,8 +45,12 @@ def _classes() -> np.ndarray:
 
 
 def caption_array(table: pa.Table) -> pa.Array:
+    """The captions as one large_string array, nulls as "" (copied only when that needs a copy)."""
     col = table.column("caption") if isinstance(table, pa.Table) else table
-    col = pc.fill_null(col.cast(pa.large_string()), "")
+    if col.type != pa.large_string():
+        col = col.cast(pa.large_string())
+    if col.null_count:
+        col = pc.fill_null(col, "")
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
@@ -66,8 +71,12 @@ def _chunks(caps: pa.Array):
         # Rows up to ~CHUNK_CHARS characters.
         stop = int(np.searchsorted(char_offs, char_offs[row] + CHUNK_CHARS, side="right")) - 1
         stop = min(n, max(stop, row + 1))
-        raw = data[offs[row]:offs[stop]]
-        cps = np.frombuffer(raw.tobytes().decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
+        text = codecs.utf_8_decode(memoryview(data[offs[row]:offs[stop]]), "strict", True)[0]
+        # UTF-16 halves every later pass; a chunk with characters beyond U+FFFF (surrogate pairs) is
+        # decoded to UTF-32 instead, so every code point stays one element.
+        units = text.encode("utf-16-le")
+        cps = np.frombuffer(units, np.uint16) if len(units) == 2 * len(text) else \
+            np.frombuffer(text.encode("utf-32-le"), np.uint32)
         yield row, cps, char_offs[row:stop + 1] - char_offs[row]
         row = stop
 
