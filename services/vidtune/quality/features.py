@@ -133,10 +133,12 @@ def _chunk_words(cps: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> tup
     with np.errstate(over="ignore"):
         prefix = np.empty(cps.size + 1, np.uint64)
         prefix[0] = 0
-        np.cumsum(cps.astype(np.uint64) * pw[:cps.size], out=prefix[1:])
+        np.multiply(cps, pw[:cps.size], out=prefix[1:], dtype=np.uint64)
+        np.cumsum(prefix[1:], out=prefix[1:])
         h = (prefix[ends] - prefix[starts]) * inv[starts]
-    word_rows = np.searchsorted(offsets, starts, side="right") - 1
-    return word_rows.astype(np.int64), h
+    # Words are in row order: count each row's words (few rows to look up), then repeat its number.
+    per_row = np.diff(np.searchsorted(starts, offsets))
+    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), per_row), h
 
 
 def _parallel(fn, chunks) -> list:
