@@ -342,10 +342,10 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
     closest match need not be the first row.
 
     Hex hashes of equal length are compared by Hamming distance (an image's one-frame hash is never compared
-    with a video's three-frame one). Candidates come from banding: split each hash into max_distance + 1
-    disjoint bands; two hashes within max_distance bits agree exactly on at least one band (pigeonhole), so
-    only rows sharing a band value are compared. Bands, buckets and distances are NumPy arrays; only the
-    close pairs (few) reach Python. `compatible(i, j)` can veto a pair.
+    with a video's three-frame one). The close pairs come from an exact search whose plan (pigeonhole bands,
+    radius-1 multi-index bands, or all pairs) is chosen per hash length from the bucket sizes, so a raised
+    threshold costs what its candidates cost (see _close_pairs); only the close pairs (few) reach Python.
+    `compatible(i, j)` can veto a pair.
     """
     n = len(hashes)
     col = pa.array(hashes, pa.string()) if not isinstance(hashes, (pa.Array, pa.ChunkedArray)) else hashes
@@ -422,8 +422,8 @@ def _bits(words: np.ndarray, lo: int, width: int) -> np.ndarray:
     return key
 
 
-# Relative cost of one candidate pair compared at gathered rows against one pair inside an all-pairs block
-# (contiguous XOR + popcount); measured on the bench's 200,000 hashes.
+# One candidate pair compared at gathered rows costs about as much as 12 pairs inside an all-pairs block
+# (contiguous XOR + popcount): measured on the bench's 30,000 64-bit image hashes (4.6 ns vs ~60 ns a pair).
 _GATHER_COST = 12
 _DIRECT_BITS = 22  # bands up to this wide get a direct-address table (2**22 counts) for radius-1 probes
 _PAIR_CHUNK = 1 << 22
