@@ -59,7 +59,7 @@ def _chunks(caps: pa.Array):
     n = len(caps)
     if n == 0:
         return
-    caps = caps.cast(pa.large_string())
+    caps = caption_array(caps)  # nulls as "": a null slot may still span bytes
     buffers = caps.buffers()
     offs = np.frombuffer(buffers[1], dtype=np.int64)[caps.offset:caps.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
@@ -158,18 +158,37 @@ def _parallel(fn, chunks) -> list:
     return out
 
 
-def word_tokens(caps: pa.Array) -> tuple[np.ndarray, np.ndarray, None]:
-    """(row of each word, hash of each word, None) over all captions; equal words share a hash."""
+def _per_chunk_words(caps: pa.Array, reduce) -> list:
+    """reduce(row of each word, hash of each word) for every chunk of captions, on all cores."""
     lut = _classes()
 
     def one(first_row, cps, offsets):
         r, h = _chunk_words(cps, offsets, (lut[cps] & _SPACE) > 0)
-        return r + first_row, h
+        return reduce(r + first_row, h)
 
-    parts = _parallel(one, _chunks(caps))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64), None
-    return np.concatenate([r for r, _ in parts]), np.concatenate([h for _, h in parts]), None
+    return _parallel(one, _chunks(caps))
+
+
+def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(words, distinct words) of each group of rows (row i in group[i]), and of all rows as entry n_groups.
+
+    Each chunk reduces its words to their distinct hashes per group before anything is gathered, so the
+    corpus's tens of millions of words never sit in one array."""
+    def reduce(rows, h):
+        g = group[rows]
+        return np.bincount(g, minlength=n_groups), [np.unique(h[g == k]) for k in range(n_groups)]
+
+    parts = _per_chunk_words(caps, reduce)
+    tokens = np.zeros(n_groups + 1, np.int64)
+    types = np.zeros(n_groups + 1, np.int64)
+    per_group = []
+    for k in range(n_groups):
+        tokens[k] = sum(int(c[k]) for c, _ in parts)
+        per_group.append(np.unique(np.concatenate([u[k] for _, u in parts] + [np.zeros(0, np.uint64)])))
+        types[k] = per_group[-1].size
+    tokens[n_groups] = tokens[:n_groups].sum()
+    types[n_groups] = np.unique(np.concatenate(per_group + [np.zeros(0, np.uint64)])).size
+    return tokens, types
 
 
 def _distinct_per_row(rows: np.ndarray, keys: np.ndarray, n_rows: int) -> np.ndarray:
