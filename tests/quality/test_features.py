@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from vidtune.quality import features
-from vidtune.quality.features import caption_features, word_tokens
+from vidtune.quality.features import caption_features, word_types
 
 HOSTILE = ["", None, "  ", "\t\n", "😀😀😀 abc", "e\u0301e\u0301 café", "ㅋ" * 40, "가 가 가 가 가 가", "!!!!!!!!!!!!",
            "단어 단어\u3000단어\xa0끝", "𠀀𠀁 漢字 テスト", "x", " 앞 공백", "뒤 공백 ", "\u200b제로폭", "a" * 300,
@@ -54,9 +54,10 @@ def test_features_match_the_per_row_definition(monkeypatch, chunk_chars):
             assert got[name][i] == pytest.approx(want), (name, caption)
 
 
-def test_equal_words_share_a_hash_and_others_do_not():
-    rows, hashes, _ = word_tokens(pa.array(["산 바다 산", "바다 산맥 산"], pa.large_string()))
-    assert rows.tolist() == [0, 0, 0, 1, 1, 1]
-    h = hashes.tolist()
-    assert h[0] == h[2] == h[5] and h[1] == h[3] and len({h[0], h[1], h[4]}) == 3
-    assert np.unique(hashes).size == 3
+@pytest.mark.parametrize("chunk_chars", [features.CHUNK_CHARS, 5])
+def test_word_types_count_equal_words_once_per_group_and_overall(monkeypatch, chunk_chars):
+    monkeypatch.setattr(features, "CHUNK_CHARS", chunk_chars)  # small chunks: a group's words span chunks
+    caps = pa.array(["산 바다 산", "바다 산맥 산", None, "산맥  산맥", "😀 산"], pa.large_string())
+    tokens, types = word_types(caps, np.array([0, 1, 1, 0, 1]), 2)
+    assert tokens.tolist() == [5, 5, 10]
+    assert types.tolist() == [3, 4, 4]  # {산, 바다, 산맥}, {바다, 산맥, 산, 😀}, all four

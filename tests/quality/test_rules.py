@@ -90,7 +90,8 @@ def test_a_row_joined_through_a_later_row_names_its_closest_match_and_the_kept_r
         ["near_duplicate: within 2 bits of r0"], ["near_duplicate: within 8 bits of r1 (its cluster keeps r0)"]]
 
 
-@pytest.mark.parametrize("bits,max_distance", [(192, 8), (192, 16), (192, 24), (64, 5), (64, 16)])
+@pytest.mark.parametrize("bits,max_distance", [(192, 5), (192, 8), (192, 12), (192, 16), (192, 24), (64, 5), (64, 8),
+                                               (64, 12), (64, 16), (64, 24)])
 def test_near_duplicates_match_an_all_pairs_search(bits, max_distance):
     import random
 
@@ -128,6 +129,30 @@ def test_near_duplicates_match_an_all_pairs_search(bits, max_distance):
     expected = [(find(i), closest[i][1], closest[i][0]) if find(i) != i else None for i in range(len(values))]
     assert any(expected)
     assert near_duplicates(hashes, max_distance) == expected
+
+
+@pytest.mark.parametrize("bits", [64, 192])
+@pytest.mark.parametrize("max_distance", [0, 5, 8, 12, 16, 24])
+def test_every_search_plan_finds_exactly_the_close_pairs(bits, max_distance):
+    import numpy as np
+
+    from vidtune.quality.rules import _close_pairs
+
+    rng = np.random.default_rng(bits * 100 + max_distance)
+    words = rng.integers(0, 2**63, (300, bits // 64), dtype=np.int64).astype(np.uint64) << np.uint64(1)
+    copies = rng.integers(0, 150, 150)  # half the rows are copies of another, 0 to 2d + 2 bits flipped
+    words[150:] = words[copies]
+    for row in range(150, 300):
+        for bit in rng.choice(bits, rng.integers(0, 2 * max_distance + 3), replace=False):
+            words[row, bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
+    words[-40:, 0] = words[-1, 0]  # 40 rows alike in their low word: one crowded bucket per band there
+    dist = sum(np.bitwise_count(words[:, None, w] ^ words[None, :, w]).astype(int) for w in range(bits // 64))
+    a, b = np.nonzero(np.triu(dist <= max_distance, 1))
+    assert a.size > 20
+    plans = ["all", "r0", "r1"] if max_distance >= 1 and -(-bits // -(-(max_distance + 1) // 2)) <= 22 else ["all", "r0"]
+    for plan in plans + [None]:
+        got = _close_pairs(words, bits, max_distance, plan=plan)
+        assert [x.tolist() for x in got] == [a.tolist(), b.tolist(), dist[a, b].tolist()], plan
 
 
 def test_hashes_of_different_lengths_are_never_compared():

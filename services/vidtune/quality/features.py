@@ -10,6 +10,7 @@ the morphological analysis for content words lives in stats.py because it is far
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import os
 import unicodedata
@@ -44,8 +45,12 @@ def _classes() -> np.ndarray:
 
 
 def caption_array(table: pa.Table) -> pa.Array:
+    """The captions as one large_string array, nulls as "" (copied only when that needs a copy)."""
     col = table.column("caption") if isinstance(table, pa.Table) else table
-    col = pc.fill_null(col.cast(pa.large_string()), "")
+    if col.type != pa.large_string():
+        col = col.cast(pa.large_string())
+    if col.null_count:
+        col = pc.fill_null(col, "")
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
@@ -54,7 +59,7 @@ def _chunks(caps: pa.Array):
     n = len(caps)
     if n == 0:
         return
-    caps = caps.cast(pa.large_string())
+    caps = caption_array(caps)  # nulls as "": a null slot may still span bytes
     buffers = caps.buffers()
     offs = np.frombuffer(buffers[1], dtype=np.int64)[caps.offset:caps.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
@@ -66,8 +71,12 @@ def _chunks(caps: pa.Array):
         # Rows up to ~CHUNK_CHARS characters.
         stop = int(np.searchsorted(char_offs, char_offs[row] + CHUNK_CHARS, side="right")) - 1
         stop = min(n, max(stop, row + 1))
-        raw = data[offs[row]:offs[stop]]
-        cps = np.frombuffer(raw.tobytes().decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
+        text = codecs.utf_8_decode(memoryview(data[offs[row]:offs[stop]]), "strict", True)[0]
+        # UTF-16 halves every later pass; a chunk with characters beyond U+FFFF (surrogate pairs) is
+        # decoded to UTF-32 instead, so every code point stays one element.
+        units = text.encode("utf-16-le")
+        cps = np.frombuffer(units, np.uint16) if len(units) == 2 * len(text) else \
+            np.frombuffer(text.encode("utf-32-le"), np.uint32)
         yield row, cps, char_offs[row:stop + 1] - char_offs[row]
         row = stop
 
@@ -124,10 +133,12 @@ def _chunk_words(cps: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> tup
     with np.errstate(over="ignore"):
         prefix = np.empty(cps.size + 1, np.uint64)
         prefix[0] = 0
-        np.cumsum(cps.astype(np.uint64) * pw[:cps.size], out=prefix[1:])
+        np.multiply(cps, pw[:cps.size], out=prefix[1:], dtype=np.uint64)
+        np.cumsum(prefix[1:], out=prefix[1:])
         h = (prefix[ends] - prefix[starts]) * inv[starts]
-    word_rows = np.searchsorted(offsets, starts, side="right") - 1
-    return word_rows.astype(np.int64), h
+    # Words are in row order: count each row's words (few rows to look up), then repeat its number.
+    per_row = np.diff(np.searchsorted(starts, offsets))
+    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), per_row), h
 
 
 def _parallel(fn, chunks) -> list:
@@ -147,18 +158,37 @@ def _parallel(fn, chunks) -> list:
     return out
 
 
-def word_tokens(caps: pa.Array) -> tuple[np.ndarray, np.ndarray, None]:
-    """(row of each word, hash of each word, None) over all captions; equal words share a hash."""
+def _per_chunk_words(caps: pa.Array, reduce) -> list:
+    """reduce(row of each word, hash of each word) for every chunk of captions, on all cores."""
     lut = _classes()
 
     def one(first_row, cps, offsets):
         r, h = _chunk_words(cps, offsets, (lut[cps] & _SPACE) > 0)
-        return r + first_row, h
+        return reduce(r + first_row, h)
 
-    parts = _parallel(one, _chunks(caps))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64), None
-    return np.concatenate([r for r, _ in parts]), np.concatenate([h for _, h in parts]), None
+    return _parallel(one, _chunks(caps))
+
+
+def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(words, distinct words) of each group of rows (row i in group[i]), and of all rows as entry n_groups.
+
+    Each chunk reduces its words to their distinct hashes per group before anything is gathered, so the
+    corpus's tens of millions of words never sit in one array."""
+    def reduce(rows, h):
+        g = group[rows]
+        return np.bincount(g, minlength=n_groups), [np.unique(h[g == k]) for k in range(n_groups)]
+
+    parts = _per_chunk_words(caps, reduce)
+    tokens = np.zeros(n_groups + 1, np.int64)
+    types = np.zeros(n_groups + 1, np.int64)
+    per_group = []
+    for k in range(n_groups):
+        tokens[k] = sum(int(c[k]) for c, _ in parts)
+        per_group.append(np.unique(np.concatenate([u[k] for _, u in parts] + [np.zeros(0, np.uint64)])))
+        types[k] = per_group[-1].size
+    tokens[n_groups] = tokens[:n_groups].sum()
+    types[n_groups] = np.unique(np.concatenate(per_group + [np.zeros(0, np.uint64)])).size
+    return tokens, types
 
 
 def _distinct_per_row(rows: np.ndarray, keys: np.ndarray, n_rows: int) -> np.ndarray:

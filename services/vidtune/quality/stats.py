@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from vidtune.platform.report import Report, new_figure
 from vidtune.platform.storage import Storage
 
-from .features import caption_array, word_tokens
+from .features import caption_array, word_types
 from .rules import effective_columns
 
 DURATION_BUCKETS = [(0, 10, "0-10s"), (10, 20, "10-20s"), (20, 30, "20-30s"), (30, 60, "30-60s"),
@@ -138,8 +138,7 @@ def _value_counts(values: np.ndarray) -> dict[str, int]:
     return {str(k): int(c) for k, c in sorted(pairs, key=lambda kc: (-kc[1], kc[0]))}
 
 
-def _group_stats(idx: np.ndarray, cols: dict[str, np.ndarray], parents: np.ndarray, codes: np.ndarray,
-                 token_rows_mask: np.ndarray | None) -> dict[str, Any]:
+def _group_stats(idx: np.ndarray, cols: dict[str, np.ndarray], total_tokens: int, distinct: int) -> dict[str, Any]:
     n = int(idx.size)
     out: dict[str, Any] = {"rows": n}
     if n == 0:
@@ -154,8 +153,9 @@ def _group_stats(idx: np.ndarray, cols: dict[str, np.ndarray], parents: np.ndarr
         "gini": gini(cat_counts),
     }
     w, h = cols["width"][idx], cols["height"][idx]
-    # Distinct sizes are few: count the (width, height) pairs, then word each once.
-    unknown = np.isnan(w) | np.isnan(h)
+    # Distinct sizes are few: count the (width, height) pairs, then word each once. A size that is not a
+    # finite number (a hostile label's inf) is unknown, not a crash.
+    unknown = ~(np.isfinite(w) & np.isfinite(h))
     pairs, count = np.unique(np.stack([np.where(unknown, 0, w), np.where(unknown, 0, h), unknown]).T, axis=0,
                              return_counts=True)
     sizes: dict[str, int] = {}
@@ -175,10 +175,6 @@ def _group_stats(idx: np.ndarray, cols: dict[str, np.ndarray], parents: np.ndarr
     out["caption_chars"] = _describe(chars)
     out["caption_words"] = _describe(words)
     ttr = uniq[words > 0] / words[words > 0]
-    sel = token_rows_mask[parents] if token_rows_mask is not None else np.ones(parents.size, bool)
-    total_tokens = int(sel.sum())
-    # Hash-based distinct count in Arrow's C++ kernel: linear time, no sort of tens of millions of words.
-    distinct = int(pc.count_distinct(pa.array(codes[sel])).as_py()) if total_tokens else 0
     out["type_token_ratio"] = {
         "caption_mean": float(ttr.mean()) if ttr.size else None,
         "caption_min": float(ttr.min()) if ttr.size else None,
@@ -207,13 +203,17 @@ def compute_stats(table: pa.Table, split_column: str = "split", content_sample: 
     cols["media_type"] = text_col("media_type").astype(str)
     cols["category"] = text_col("category").astype(str)
     caps = caption_array(table)
-    parents, codes, _ = word_tokens(caps)
-    result: dict[str, Any] = {"overall": _group_stats(np.arange(n), cols, parents, codes, None), "splits": {}}
+    names: list[str] = []
+    group = np.zeros(n, np.int64)
     if split_column in table.column_names:
-        splits = text_col(split_column).astype(str)
-        for name in sorted(set(splits.tolist())):
-            mask = splits == name
-            result["splits"][name or "unassigned"] = _group_stats(np.flatnonzero(mask), cols, parents, codes, mask)
+        names, group = np.unique(text_col(split_column).astype(str), return_inverse=True)
+        names = names.tolist()
+    tokens, types = word_types(caps, group.ravel(), max(1, len(names)))  # one group of all rows when unsplit
+    result: dict[str, Any] = {"overall": _group_stats(np.arange(n), cols, int(tokens[-1]), int(types[-1])),
+                              "splits": {}}
+    for k, name in enumerate(names):
+        result["splits"][name or "unassigned"] = _group_stats(np.flatnonzero(group == k), cols, int(tokens[k]),
+                                                              int(types[k]))
     # Content words on a seeded sample: the analyser is the one per-caption cost that does not vectorise.
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(n, size=min(n, content_sample), replace=False)) if n else np.array([], int)
