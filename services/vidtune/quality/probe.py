@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from vidtune.platform.errors import InvalidArgument, NotFound
-from vidtune.platform.media import SAFE_OPEN_OPTIONS, probe_video
+from vidtune.platform.media import SAFE_OPEN_OPTIONS, open_video
 from vidtune.platform.storage import Storage, is_s3, join, split_uri
 
 from .manifest import resolve_media
@@ -53,6 +53,7 @@ class ProbeSettings:
     scores: bool = True            # False: facts, hashes and decode checks only (no per-frame analysis)
     decode: str = "sampled"        # "sampled": `samples` points (key frames where possible) | "full": every frame
     samples: int = 8               # points decoded per clip in sampled mode (each with its next frame)
+    max_run_up: int = 25           # sampled mode: frames a sample may lie after its key frame (1 s at 25 fps)
     analysis_width: int = 160      # frames are scaled to this width for motion/black/frozen/cuts
     blur_width: int = 320          # key frames are scaled to this width for the blur score
     flow_pairs: int = 12           # consecutive frame pairs used for optical flow
@@ -66,6 +67,8 @@ class ProbeSettings:
             raise InvalidArgument(f"probe decode must be 'sampled' or 'full', not {self.decode!r}")
         if self.samples < 1:
             raise InvalidArgument(f"probe samples must be at least 1, not {self.samples}")
+        if self.max_run_up < 0:
+            raise InvalidArgument(f"probe max_run_up must be at least 0, not {self.max_run_up}")
 
 
 def _empty_row() -> dict:
@@ -194,20 +197,20 @@ def _probe_image(path: Path, row: dict, settings: ProbeSettings) -> None:
 
 
 def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
-
+    sampled = settings.scores and settings.decode == "sampled"
     try:
-        info = probe_video(path)
-    except InvalidArgument as e:
+        with open_video(path) as (c, info):  # one open: the sampled path reads on from the facts' container
+            row.update(probe_container=info.container, probe_codec=info.codec,
+                       probe_width=float(info.display_width), probe_height=float(info.display_height),
+                       probe_fps=info.fps or None, probe_duration=info.duration or None,
+                       probe_frames=info.frames, probe_rotation=info.rotation, probe_pix_fmt=info.pix_fmt,
+                       probe_audio=info.has_audio)
+            if sampled and _probe_sampled(c, path, row, settings, info):
+                return
+    except InvalidArgument as e:  # raised on opening only: the file's facts are unreadable
         row.update(decodable=False, probe_error=f"undecodable: {e}")
         return
-    row.update(probe_container=info.container, probe_codec=info.codec, probe_width=float(info.display_width),
-               probe_height=float(info.display_height), probe_fps=info.fps or None,
-               probe_duration=info.duration or None, probe_frames=info.frames, probe_rotation=info.rotation,
-               probe_pix_fmt=info.pix_fmt, probe_audio=info.has_audio)
-    if settings.scores and settings.decode == "sampled":
-        _probe_sampled(path, row, settings, info)
-    else:
-        _probe_full(path, row, settings, info)
+    _probe_full(path, row, settings, info)
 
 
 def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
@@ -343,10 +346,11 @@ def _scan_packets(container, stream, nal_size: int) -> tuple[list[float], list[f
     return times, keys, None
 
 
-def sample_times(start: float, span: float, keys: list[float], samples: int) -> list[float]:
+def sample_times(start: float, span: float, keys: list[float], samples: int, reach: float = float("inf")) -> list[float]:
     """Times to decode in [start, start + span). With at least half as many key frames as samples, key
     frames only (evenly chosen among them): each decodes without a run-up. Otherwise evenly spaced times,
-    each moved to the nearest key frame when one lies within half the spacing."""
+    each moved to the nearest key frame when one lies within half the spacing, or when it lies more than
+    `reach` seconds after the key frame it would be decoded from (the run-up a long GOP would cost)."""
     import bisect
 
     n = max(1, samples)
@@ -360,7 +364,10 @@ def sample_times(start: float, span: float, keys: list[float], samples: int) -> 
         j = bisect.bisect_left(keys, t)
         near = [keys[k] for k in (j - 1, j) if 0 <= k < len(keys)]
         best = min(near, key=lambda k: abs(k - t)) if near else None
-        out.append(best if best is not None and abs(best - t) <= spacing / 2 + 1e-6 else t)
+        before = keys[bisect.bisect_right(keys, t) - 1] if keys and keys[0] <= t else start
+        if best is not None and (abs(best - t) <= spacing / 2 + 1e-6 or t - before > reach + 1e-6):
+            t = best
+        out.append(t)
     return sorted(set(out))
 
 
@@ -373,52 +380,64 @@ def _key_frame_cuts(keys: list[float], frame_dt: float) -> int:
     return int(np.sum(gaps < 0.9 * gaps.max() - frame_dt))
 
 
-def _probe_sampled(path: Path, row: dict, settings: ProbeSettings, info) -> None:
-    import bisect
-
-    import av
-
-    with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
-        stream = c.streams.video[0]
-        nal_size = _nal_length_size(stream)
-        if nal_size is None:
-            return _probe_full(path, row, settings, info)
-        times, keys, error = _scan_packets(c, stream, nal_size)
-        frame_dt = 1.0 / info.fps if info.fps else 0.04
-        if error is None and stream.frames and len(times) < stream.frames:
-            error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
-                    f"({len(times)} of {stream.frames} frames)"
-        row["probe_frames"] = len(times)
-        picks: list[tuple] = []  # (first frame, the frame after it or None)
-        if times:
-            start = min(times)
-            targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples)
-            # Frame threads pay off over a run-up from a key frame; a key frame alone decodes faster without.
-            stream.thread_type = "SLICE" if set(targets) <= set(keys) else "AUTO"
-            tb = float(stream.time_base)
-            frames, position = None, None
-            try:
-                for t in targets:
-                    key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
-                    if frames is None or position is None or not (key <= position < t):
-                        c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
-                        frames = c.decode(stream)
-                    first = next((f for f in frames if f.time is None or f.time >= t - frame_dt / 2), None)
-                    if first is None:
-                        break
-                    after = next(frames, None)
-                    picks.append((first, after))
-                    position = (after or first).time
-            except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
-                error = error or f"{type(e).__name__}: {e}"
+def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> bool:
+    """Scores from sampled frames of the open container `c`; False (nothing done) for a codec whose damage
+    only a full decode finds."""
+    stream = c.streams.video[0]
+    nal_size = _nal_length_size(stream)
+    if nal_size is None:
+        return False
+    c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
+    times, keys, error = _scan_packets(c, stream, nal_size)
+    frame_dt = 1.0 / info.fps if info.fps else 0.04
+    if error is None and stream.frames and len(times) < stream.frames:
+        error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
+                f"({len(times)} of {stream.frames} frames)"
+    row["probe_frames"] = len(times)
+    picks: list[tuple] = []  # (first frame, the frame after it or None)
+    if times:
+        start = min(times)
+        targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples,
+                               settings.max_run_up * frame_dt)
+        try:
+            _decode_at(c, stream, targets, keys, start, frame_dt, picks)
+        except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
+            error = error or f"{type(e).__name__}: {e}"
     if not picks:
         row.update(decodable=False, probe_error=f"undecodable: {path.name}: no frame decodes"
                    + (f" ({error})" if error else ""))
-        return
+        return True
     if error:
         row.update(decodable=False, probe_error=f"undecodable: {path.name}: {error}")
     else:
         row["decodable"] = True
+    _sampled_scores(row, picks, keys, frame_dt, settings)
+    return True
+
+
+def _decode_at(c, stream, targets: list[float], keys: list[float], start: float, frame_dt: float,
+               picks: list[tuple]) -> None:
+    """Append (frame at t, the frame after it) to `picks` for each target t: a seek to the key frame before t,
+    or decoding on when the last pair lies between that key frame and t."""
+    import bisect
+
+    tb = float(stream.time_base)
+    frames, position = None, None
+    for t in targets:
+        key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
+        if frames is None or position is None or not (key <= position < t):
+            c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
+            frames = c.decode(stream)
+        first = next((f for f in frames if f.time is None or f.time >= t - frame_dt / 2), None)
+        if first is None:
+            return
+        after = next(frames, None)
+        picks.append((first, after))
+        position = (after or first).time
+
+
+def _sampled_scores(row: dict, picks: list[tuple], keys: list[float], frame_dt: float,
+                    settings: ProbeSettings) -> None:
     sharp = [_gray(a, settings.blur_width) for a, _ in picks]
     marks = (0, len(picks) // 2, len(picks) - 1)  # start, middle, end
     row["phash"] = "".join(f"{dhash(sharp[i]):016x}" for i in marks)
