@@ -35,6 +35,7 @@ from vidtune.quality.manifest import read_table, write_table
 from vidtune.quality.probe import ProbeSettings, probe_file
 from vidtune.quality.rules import apply_rules, default_rules, near_duplicates
 from vidtune.quality.stats import compute_stats, content_sample_error, kiwi
+from vidtune.transcode.profiles import PROFILES
 
 # What the metadata pass reads from the manifest (the floor reads the same columns).
 PASS_COLUMNS = ["id", "caption", "category", "media_type", "width", "height", "duration", "ingest_error", "phash"]
@@ -129,15 +130,19 @@ def metadata_pass(path: str) -> dict[str, float]:
 
 
 def make_clips(d: Path, n: int, gop: int | None) -> list[Path]:
-    """n clips of 640x360, 4 s at 25 fps; `gop` frames between key frames (None: x264's default of 250)."""
+    """n clips of 640x360, 4 s at 25 fps, encoded as the transcoder writes them (libx264 with the wan-720p
+    profile's preset and crf: B frames, CABAC); `gop` frames between key frames (None: x264's default of 250,
+    which the transcoder keeps)."""
     sources = ["testsrc2", "mandelbrot", "testsrc", "smptebars", "rgbtestsrc", "cellauto"]
+    profile = PROFILES["wan-720p"]
     out = []
     for i in range(n):
         p = d / f"clip{i:03d}_{gop or 'default'}.mp4"
         src = sources[i % len(sources)]
         subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
-                        f"{src}=size=640x360:rate=25", "-t", "4", "-c:v", "libx264", "-preset", "ultrafast",
-                        *(["-g", str(gop)] if gop else []), "-pix_fmt", "yuv420p", str(p)], check=True, timeout=120)
+                        f"{src}=size=640x360:rate=25", "-t", "4", "-c:v", "libx264", "-preset", profile.preset,
+                        "-crf", str(profile.crf), *(["-g", str(gop)] if gop else []), "-pix_fmt", "yuv420p",
+                        "-movflags", "+faststart", str(p)], check=True, timeout=120)
         out.append(p)
     return out
 

@@ -60,8 +60,8 @@ def probe_video(path: str | Path, label: str | None = None) -> VideoInfo:
 @contextmanager
 def open_video(path: str | Path, label: str | None = None):
     """(open PyAV container, its VideoInfo) for a caller that reads on from the same container (one open per
-    file); facts are read as probe_video does and fail the same way. The container is positioned after its
-    first frame."""
+    file); facts are read as probe_video does and fail the same way. Reading them decodes the first frame:
+    seek before decoding on."""
     import av
 
     label = label or str(path)
@@ -113,9 +113,14 @@ def _facts(c, label: str) -> VideoInfo:
 
 
 def _rotation(container) -> int:
-    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames."""
+    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames. A first packet
+    that is a key frame is decoded alone and drained out (one frame decoded, not the decoder's reorder delay
+    of a few more)."""
     try:
-        frame = next(container.decode(video=0))
+        stream = container.streams.video[0]
+        pkt = next(container.demux(stream))
+        frames = stream.decode(pkt) + stream.decode(None) if pkt.is_keyframe else []
+        frame = frames[0] if frames else next(container.decode(stream))
         deg = float(getattr(frame, "rotation", 0) or 0)
     except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
         return 0

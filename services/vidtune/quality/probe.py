@@ -53,7 +53,6 @@ class ProbeSettings:
     scores: bool = True            # False: facts, hashes and decode checks only (no per-frame analysis)
     decode: str = "sampled"        # "sampled": `samples` points (key frames where possible) | "full": every frame
     samples: int = 8               # points decoded per clip in sampled mode (each with its next frame)
-    max_run_up: int = 25           # sampled mode: frames a sample may lie after its key frame (1 s at 25 fps)
     analysis_width: int = 160      # frames are scaled to this width for motion/black/frozen/cuts
     blur_width: int = 320          # key frames are scaled to this width for the blur score
     flow_pairs: int = 12           # consecutive frame pairs used for optical flow
@@ -67,8 +66,6 @@ class ProbeSettings:
             raise InvalidArgument(f"probe decode must be 'sampled' or 'full', not {self.decode!r}")
         if self.samples < 1:
             raise InvalidArgument(f"probe samples must be at least 1, not {self.samples}")
-        if self.max_run_up < 0:
-            raise InvalidArgument(f"probe max_run_up must be at least 0, not {self.max_run_up}")
 
 
 def _empty_row() -> dict:
@@ -306,51 +303,69 @@ def _nal_length_size(stream) -> int | None:
     return None
 
 
-def _nal_error(data: bytes, size: int) -> str | None:
-    """Why the decoder would refuse this packet: an empty NAL unit or one whose length runs past the
-    packet's end (the 'Invalid data' a full decode raises for overwritten or shifted bytes)."""
+def _nal_check(data: bytes, size: int, h264: bool) -> tuple[str | None, bool]:
+    """(why the decoder would refuse this packet, whether other frames may reference it). Refused: an empty
+    NAL unit or one whose length runs past the packet's end (the 'Invalid data' a full decode raises for
+    overwritten or shifted bytes). Unreferenced: an H.264 packet whose slices all have nal_ref_idc 0 (the
+    B frames x264 does not predict from); nothing decodes differently without it."""
     pos, end = 0, len(data)
+    slices = refs = 0
     while end - pos >= 4:
         length = int.from_bytes(data[pos:pos + size], "big")
         pos += size
         if length == 0 or length > end - pos:
-            return f"NAL unit of {length} bytes with {end - pos} left"
+            return f"NAL unit of {length} bytes with {end - pos} left", True
+        if h264 and 1 <= data[pos] & 0x1F <= 5:
+            slices += 1
+            refs += data[pos] >> 5 & 3 != 0
         pos += length
-    return None
+    return None, not h264 or not slices or refs > 0
 
 
-def _scan_packets(container, stream, nal_size: int) -> tuple[list[float], list[float], str | None]:
-    """(time of every packet, times of key-frame packets, damage found) from reading the whole stream
-    without decoding it."""
+@dataclass
+class _Scan:
+    times: list[float]       # every packet's time, in decode order
+    pts: list[int]           # every packet's pts (None where the container has none)
+    keys: list[float]        # key-frame times, sorted
+    unreferenced: set[int]   # pts of packets no other frame is predicted from
+    error: str | None        # damage found
+
+
+def _scan_packets(container, stream, nal_size: int) -> _Scan:
+    """Every packet of the stream read without decoding it: times, key frames, references and damage."""
     tb = float(stream.time_base)
-    times: list[float] = []
-    keys: list[float] = []
+    h264 = stream.codec_context.name == "h264"
+    scan = _Scan([], [], [], set(), None)
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
                 continue  # the demuxer's end-of-stream marker
             ts = pkt.pts if pkt.pts is not None else pkt.dts
-            t = float(ts * tb) if ts is not None else (times[-1] if times else 0.0)
+            t = float(ts * tb) if ts is not None else (scan.times[-1] if scan.times else 0.0)
             if pkt.is_corrupt:
-                return times, keys, f"damaged packet at {t:.2f}s"
-            err = _nal_error(bytes(pkt), nal_size)
+                scan.error = f"damaged packet at {t:.2f}s"
+                return scan
+            err, referenced = _nal_check(bytes(pkt), nal_size, h264)
             if err:
-                return times, keys, f"damaged packet at {t:.2f}s ({err})"
-            times.append(t)
+                scan.error = f"damaged packet at {t:.2f}s ({err})"
+                return scan
+            scan.times.append(t)
+            scan.pts.append(pkt.pts)
             if pkt.is_keyframe:
-                keys.append(t)
+                scan.keys.append(t)
+            if not referenced and pkt.pts is not None:
+                scan.unreferenced.add(pkt.pts)
     except Exception as e:  # noqa: BLE001 - a demuxer error is damage, reported with where it happened
-        at = f" at {times[-1]:.2f}s" if times else ""
-        return times, keys, f"{type(e).__name__}{at}: {e}"
-    keys.sort()
-    return times, keys, None
+        at = f" at {scan.times[-1]:.2f}s" if scan.times else ""
+        scan.error = f"{type(e).__name__}{at}: {e}"
+    scan.keys.sort()
+    return scan
 
 
-def sample_times(start: float, span: float, keys: list[float], samples: int, reach: float = float("inf")) -> list[float]:
+def sample_times(start: float, span: float, keys: list[float], samples: int) -> list[float]:
     """Times to decode in [start, start + span). With at least half as many key frames as samples, key
     frames only (evenly chosen among them): each decodes without a run-up. Otherwise evenly spaced times,
-    each moved to the nearest key frame when one lies within half the spacing, or when it lies more than
-    `reach` seconds after the key frame it would be decoded from (the run-up a long GOP would cost)."""
+    each moved to the nearest key frame when one lies within half the spacing."""
     import bisect
 
     n = max(1, samples)
@@ -364,10 +379,7 @@ def sample_times(start: float, span: float, keys: list[float], samples: int, rea
         j = bisect.bisect_left(keys, t)
         near = [keys[k] for k in (j - 1, j) if 0 <= k < len(keys)]
         best = min(near, key=lambda k: abs(k - t)) if near else None
-        before = keys[bisect.bisect_right(keys, t) - 1] if keys and keys[0] <= t else start
-        if best is not None and (abs(best - t) <= spacing / 2 + 1e-6 or t - before > reach + 1e-6):
-            t = best
-        out.append(t)
+        out.append(best if best is not None and abs(best - t) <= spacing / 2 + 1e-6 else t)
     return sorted(set(out))
 
 
@@ -388,7 +400,10 @@ def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> b
     if nal_size is None:
         return False
     c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
-    times, keys, error = _scan_packets(c, stream, nal_size)
+    scan = _scan_packets(c, stream, nal_size)
+    if scan.error is None and scan.pts and all(p is None for p in scan.pts):
+        return False  # samples are found by their pts
+    times, keys, error = scan.times, scan.keys, scan.error
     frame_dt = 1.0 / info.fps if info.fps else 0.04
     if error is None and stream.frames and len(times) < stream.frames:
         error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
@@ -397,10 +412,9 @@ def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> b
     picks: list[tuple] = []  # (first frame, the frame after it or None)
     if times:
         start = min(times)
-        targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples,
-                               settings.max_run_up * frame_dt)
+        targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples)
         try:
-            _decode_at(c, stream, targets, keys, start, frame_dt, picks)
+            _decode_at(c, stream, targets, scan, start, frame_dt, picks)
         except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
             error = error or f"{type(e).__name__}: {e}"
     if not picks:
@@ -415,25 +429,51 @@ def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> b
     return True
 
 
-def _decode_at(c, stream, targets: list[float], keys: list[float], start: float, frame_dt: float,
+def _decode_at(c, stream, targets: list[float], scan: _Scan, start: float, frame_dt: float,
                picks: list[tuple]) -> None:
-    """Append (frame at t, the frame after it) to `picks` for each target t: a seek to the key frame before t,
-    or decoding on when the last pair lies between that key frame and t."""
+    """Append (frame at t, the frame shown after it) to `picks` for each target t. Targets are decoded in runs:
+    a seek to the key frame before the run's first target, then on through the run, feeding the decoder only
+    the sampled packets and the ones other frames are predicted from (x264 predicts from half its frames),
+    then draining it, so no packet after the run's last sample is decoded."""
     import bisect
+    import math
 
     tb = float(stream.time_base)
-    frames, position = None, None
+    keys, ordered = scan.keys, sorted(p for p in scan.pts if p is not None)
+    runs: list[tuple[float, list[tuple[int, list[int]]]]] = []  # (key frame, [(earliest pts, pair pts)])
     for t in targets:
+        lo = math.ceil((t - frame_dt / 2) / tb - 1e-6)
+        i = bisect.bisect_left(ordered, lo)
+        pair = ordered[i:i + 2]
+        if not pair:
+            continue
         key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
-        if frames is None or position is None or not (key <= position < t):
-            c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
-            frames = c.decode(stream)
-        first = next((f for f in frames if f.time is None or f.time >= t - frame_dt / 2), None)
-        if first is None:
-            return
-        after = next(frames, None)
-        picks.append((first, after))
-        position = (after or first).time
+        if not runs or key * (1 + 1e-9) > runs[-1][1][-1][1][-1] * tb:  # the key frame lies after the last pair
+            runs.append((key, []))
+        runs[-1][1].append((lo, pair))
+    wanted = {p for _, run in runs for _, pair in run for p in pair}
+    skip = scan.unreferenced - wanted
+    for key, run in runs:
+        c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
+        need = {p for _, pair in run for p in pair}
+        got: dict[int, object] = {}
+        for pkt in c.demux(stream):
+            if pkt.pts in skip:
+                continue
+            fed = pkt.pts
+            frames = list(stream.decode(pkt))
+            if fed in need:
+                need.discard(fed)
+                if not need:  # every sampled packet is in: drain the frames the decoder holds back
+                    frames += stream.decode(None)
+            got.update((f.pts, f) for f in frames if f.pts in wanted)
+            if not need:
+                break
+        for lo, _ in run:
+            shown = sorted(p for p in got if p >= lo)
+            if not shown:
+                return
+            picks.append((got[shown[0]], got[shown[1]] if len(shown) > 1 else None))
 
 
 def _sampled_scores(row: dict, picks: list[tuple], keys: list[float], frame_dt: float,
