@@ -6,9 +6,12 @@ flow), black and frozen frame ratios, scene cuts. A corrupt file never raises: i
 and a reason.
 
 Scores come from sampled frames by default: every packet is read without decoding (which finds truncation
-and broken NAL units, the damage a full decode reports), then only `samples` points are decoded, each a
-key frame where one lies near the wanted time, with the frame after it as a pair for motion and frozen
-frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
+and broken NAL units, the damage a full decode reports, and which H.264 frames nothing is predicted from),
+then only `samples` points are decoded, each a key frame where one lies near the wanted time, with the
+frame after it as a pair for motion and frozen frames. Between a key frame and a later sample the decoder
+gets only the frames others are predicted from; the cost is then one key frame and about three more frames
+per sample with a key frame every second, and the reference frames of the whole GOP with x264's default of
+250 frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
 URI+etag and the probe settings), so a re-run or a resumed job skips items already probed.
 """
 from __future__ import annotations
