@@ -172,27 +172,42 @@ def bench_probe(clips: int, repeats: int) -> dict:
     for key, label, size, seconds, gop, share in PROBE_LAYOUTS:
         with tempfile.TemporaryDirectory(prefix="vt-bench-probe-") as d:
             files = make_clips(Path(d), max(3, clips // share), gop, size, seconds)
-            t_ff, t_sampled, t_full = [], [], []
+            t_ff, t_sampled, t_full, cpu_ff, cpu_sampled = [], [], [], [], []
             for _ in range(repeats):
-                sums = [0.0, 0.0, 0.0]
+                sums = [0.0, 0.0, 0.0, 0.0, 0.0]
                 for f in files:
+                    c0 = _children_cpu()
                     sums[0] += _timed(lambda: ffprobe_one(f))
+                    sums[3] += _children_cpu() - c0
+                    c0 = time.process_time()
                     sums[1] += _timed(lambda: probe_file(f))
+                    sums[4] += time.process_time() - c0
                     sums[2] += _timed(lambda: probe_file(f, settings=full))
-                for times, v in zip((t_ff, t_sampled, t_full), sums):
+                for times, v in zip((t_ff, t_sampled, t_full, cpu_ff, cpu_sampled), sums):
                     times.append(v)
         n = len(files)
-        ff, sm, fl = (statistics.median(x) for x in (t_ff, t_sampled, t_full))
+        ff, sm, fl, cff, csm = (statistics.median(x) for x in (t_ff, t_sampled, t_full, cpu_ff, cpu_sampled))
         out.update({f"probe_{key}_clips": n, f"probe_{key}_ffprobe_files_per_s": n / ff,
                     f"probe_{key}_sampled_files_per_s": n / sm, f"probe_{key}_sampled_ratio_vs_ffprobe": ff / sm,
-                    f"probe_{key}_full_files_per_s": n / fl, f"probe_{key}_full_ratio_vs_ffprobe": ff / fl})
+                    f"probe_{key}_full_files_per_s": n / fl, f"probe_{key}_full_ratio_vs_ffprobe": ff / fl,
+                    f"probe_{key}_ffprobe_cpu_ms_per_file": 1000 * cff / n,
+                    f"probe_{key}_sampled_cpu_ms_per_file": 1000 * csm / n})
         print(f"  probe throughput on {n} clips of {label} (median of {repeats}):")
         print(f"    baseline: one ffprobe subprocess per file (metadata only)            {n / ff:6.1f} files/s")
         print(f"    every score from sampled frames (+ sha256, packet scan, key-frame hashes) {n / sm:6.1f} files/s"
               f"   ratio {ff / sm:.2f}x  (goal >= 3x: {'met' if ff / sm >= 3 else 'NOT met'})")
         print(f"    every score from a full decode (reference)                           {n / fl:6.1f} files/s"
               f"   ratio {ff / fl:.2f}x")
+        print(f"    CPU time per file (what bounds files/s with every core busy): ffprobe {1000 * cff / n:.1f} ms, "
+              f"sampled {1000 * csm / n:.1f} ms   ratio {cff / csm:.2f}x")
     return out
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main(s3: Storage | None = None, bucket: str | None = None, rows: int = 200_000, repeats: int = 3,
