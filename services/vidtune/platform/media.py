@@ -1,6 +1,7 @@
 """Media facts read in-process with PyAV (no ffprobe subprocess per file), and media-type detection."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,48 +53,74 @@ class VideoInfo:
 def probe_video(path: str | Path, label: str | None = None) -> VideoInfo:
     """Stream facts of a local video file; raises InvalidArgument naming the file (or `label`, e.g. the
     object URI it was downloaded from) and the reason."""
+    with open_video(path, label) as (_, info):
+        return info
+
+
+@contextmanager
+def open_video(path: str | Path, label: str | None = None):
+    """(open PyAV container, its VideoInfo) for a caller that reads on from the same container (one open per
+    file); facts are read as probe_video does and fail the same way. Reading them decodes the first frame:
+    seek before decoding on."""
     import av
 
     label = label or str(path)
-
     try:
-        with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
-            if not c.streams.video:
-                raise InvalidArgument(f"{label}: no video stream")
-            v = c.streams.video[0]
-            cc = v.codec_context
-            rate = v.average_rate or v.guessed_rate or v.base_rate
-            fps = float(rate) if rate else 0.0
-            if v.duration is not None and v.time_base:
-                duration = float(v.duration * v.time_base)
-            elif c.duration:
-                duration = c.duration / 1_000_000
-            else:
-                duration = 0.0
-            frames = int(v.frames) if v.frames else int(round(fps * duration))
-            w, h = int(cc.width), int(cc.height)
-            limits().check_pixels(w, h, label)  # before the first frame is decoded
-            rotation = _rotation(c)
-            dw, dh = (h, w) if rotation in (90, 270) else (w, h)
-            pix = cc.pix_fmt or ""
-            depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
-            real = v.guessed_rate or rate
-            vfr = bool(v.average_rate and real and abs(float(v.average_rate) - float(real)) > 0.01)
-            return VideoInfo(container=c.format.name, codec=cc.name, width=w, height=h, display_width=dw,
-                             display_height=dh, rotation=rotation, fps=round(fps, 3), duration=round(duration, 3),
-                             frames=frames, pix_fmt=pix, bit_depth=depth, has_audio=bool(c.streams.audio),
-                             variable_frame_rate=vfr)
-    except InvalidArgument:
-        raise
+        c = av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS)
     except Exception as e:  # PyAV raises many error types for damaged files
-        reason = getattr(e, "strerror", None) or str(e)
-        raise InvalidArgument(f"{label}: not a readable video ({reason})") from None
+        raise _unreadable(label, e) from None
+    with c:
+        try:
+            info = _facts(c, label)
+        except InvalidArgument:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(label, e) from None
+        yield c, info
+
+
+def _unreadable(label: str, e: Exception) -> InvalidArgument:
+    reason = getattr(e, "strerror", None) or str(e)
+    return InvalidArgument(f"{label}: not a readable video ({reason})")
+
+
+def _facts(c, label: str) -> VideoInfo:
+    if not c.streams.video:
+        raise InvalidArgument(f"{label}: no video stream")
+    v = c.streams.video[0]
+    cc = v.codec_context
+    rate = v.average_rate or v.guessed_rate or v.base_rate
+    fps = float(rate) if rate else 0.0
+    if v.duration is not None and v.time_base:
+        duration = float(v.duration * v.time_base)
+    elif c.duration:
+        duration = c.duration / 1_000_000
+    else:
+        duration = 0.0
+    frames = int(v.frames) if v.frames else int(round(fps * duration))
+    w, h = int(cc.width), int(cc.height)
+    limits().check_pixels(w, h, label)  # before the first frame is decoded
+    rotation = _rotation(c)
+    dw, dh = (h, w) if rotation in (90, 270) else (w, h)
+    pix = cc.pix_fmt or ""
+    depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
+    real = v.guessed_rate or rate
+    vfr = bool(v.average_rate and real and abs(float(v.average_rate) - float(real)) > 0.01)
+    return VideoInfo(container=c.format.name, codec=cc.name, width=w, height=h, display_width=dw,
+                     display_height=dh, rotation=rotation, fps=round(fps, 3), duration=round(duration, 3),
+                     frames=frames, pix_fmt=pix, bit_depth=depth, has_audio=bool(c.streams.audio),
+                     variable_frame_rate=vfr)
 
 
 def _rotation(container) -> int:
-    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames."""
+    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames. A first packet
+    that is a key frame is decoded alone and drained out (one frame decoded, not the decoder's reorder delay
+    of a few more)."""
     try:
-        frame = next(container.decode(video=0))
+        stream = container.streams.video[0]
+        pkt = next(container.demux(stream))
+        frames = stream.decode(pkt) + stream.decode(None) if pkt.is_keyframe else []
+        frame = frames[0] if frames else next(container.decode(stream))
         deg = float(getattr(frame, "rotation", 0) or 0)
     except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
         return 0

@@ -6,9 +6,12 @@ flow), black and frozen frame ratios, scene cuts. A corrupt file never raises: i
 and a reason.
 
 Scores come from sampled frames by default: every packet is read without decoding (which finds truncation
-and broken NAL units, the damage a full decode reports), then only `samples` points are decoded, each a
-key frame where one lies near the wanted time, with the frame after it as a pair for motion and frozen
-frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
+and broken NAL units, the damage a full decode reports, and which H.264 frames nothing is predicted from),
+then only `samples` points are decoded, each a key frame where one lies near the wanted time, with the
+frame after it as a pair for motion and frozen frames. Between a key frame and a later sample the decoder
+gets only the frames others are predicted from; the cost is then one key frame and about three more frames
+per sample with a key frame every second, and the reference frames of the whole GOP with x264's default of
+250 frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
 URI+etag and the probe settings), so a re-run or a resumed job skips items already probed.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from vidtune.platform.errors import InvalidArgument, NotFound
-from vidtune.platform.media import SAFE_OPEN_OPTIONS, probe_video
+from vidtune.platform.media import SAFE_OPEN_OPTIONS, open_video
 from vidtune.platform.storage import Storage, is_s3, join, split_uri
 
 from .manifest import resolve_media
@@ -194,20 +197,20 @@ def _probe_image(path: Path, row: dict, settings: ProbeSettings) -> None:
 
 
 def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
-
+    sampled = settings.scores and settings.decode == "sampled"
     try:
-        info = probe_video(path)
-    except InvalidArgument as e:
+        with open_video(path) as (c, info):  # one open: the sampled path reads on from the facts' container
+            row.update(probe_container=info.container, probe_codec=info.codec,
+                       probe_width=float(info.display_width), probe_height=float(info.display_height),
+                       probe_fps=info.fps or None, probe_duration=info.duration or None,
+                       probe_frames=info.frames, probe_rotation=info.rotation, probe_pix_fmt=info.pix_fmt,
+                       probe_audio=info.has_audio)
+            if sampled and _probe_sampled(c, path, row, settings, info):
+                return
+    except InvalidArgument as e:  # raised on opening only: the file's facts are unreadable
         row.update(decodable=False, probe_error=f"undecodable: {e}")
         return
-    row.update(probe_container=info.container, probe_codec=info.codec, probe_width=float(info.display_width),
-               probe_height=float(info.display_height), probe_fps=info.fps or None,
-               probe_duration=info.duration or None, probe_frames=info.frames, probe_rotation=info.rotation,
-               probe_pix_fmt=info.pix_fmt, probe_audio=info.has_audio)
-    if settings.scores and settings.decode == "sampled":
-        _probe_sampled(path, row, settings, info)
-    else:
-        _probe_full(path, row, settings, info)
+    _probe_full(path, row, settings, info)
 
 
 def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
@@ -303,44 +306,63 @@ def _nal_length_size(stream) -> int | None:
     return None
 
 
-def _nal_error(data: bytes, size: int) -> str | None:
-    """Why the decoder would refuse this packet: an empty NAL unit or one whose length runs past the
-    packet's end (the 'Invalid data' a full decode raises for overwritten or shifted bytes)."""
+def _nal_check(data: bytes, size: int, h264: bool) -> tuple[str | None, bool]:
+    """(why the decoder would refuse this packet, whether other frames may reference it). Refused: an empty
+    NAL unit or one whose length runs past the packet's end (the 'Invalid data' a full decode raises for
+    overwritten or shifted bytes). Unreferenced: an H.264 packet whose slices all have nal_ref_idc 0 (the
+    B frames x264 does not predict from); nothing decodes differently without it."""
     pos, end = 0, len(data)
+    slices = refs = 0
     while end - pos >= 4:
         length = int.from_bytes(data[pos:pos + size], "big")
         pos += size
         if length == 0 or length > end - pos:
-            return f"NAL unit of {length} bytes with {end - pos} left"
+            return f"NAL unit of {length} bytes with {end - pos} left", True
+        if h264 and 1 <= data[pos] & 0x1F <= 5:
+            slices += 1
+            refs += data[pos] >> 5 & 3 != 0
         pos += length
-    return None
+    return None, not h264 or not slices or refs > 0
 
 
-def _scan_packets(container, stream, nal_size: int) -> tuple[list[float], list[float], str | None]:
-    """(time of every packet, times of key-frame packets, damage found) from reading the whole stream
-    without decoding it."""
+@dataclass
+class _Scan:
+    times: list[float]       # every packet's time, in decode order
+    pts: list[int]           # every packet's pts (None where the container has none)
+    keys: list[float]        # key-frame times, sorted
+    unreferenced: set[int]   # pts of packets no other frame is predicted from
+    error: str | None        # damage found
+
+
+def _scan_packets(container, stream, nal_size: int) -> _Scan:
+    """Every packet of the stream read without decoding it: times, key frames, references and damage."""
     tb = float(stream.time_base)
-    times: list[float] = []
-    keys: list[float] = []
+    h264 = stream.codec_context.name == "h264"
+    scan = _Scan([], [], [], set(), None)
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
                 continue  # the demuxer's end-of-stream marker
             ts = pkt.pts if pkt.pts is not None else pkt.dts
-            t = float(ts * tb) if ts is not None else (times[-1] if times else 0.0)
+            t = float(ts * tb) if ts is not None else (scan.times[-1] if scan.times else 0.0)
             if pkt.is_corrupt:
-                return times, keys, f"damaged packet at {t:.2f}s"
-            err = _nal_error(bytes(pkt), nal_size)
+                scan.error = f"damaged packet at {t:.2f}s"
+                return scan
+            err, referenced = _nal_check(bytes(pkt), nal_size, h264)
             if err:
-                return times, keys, f"damaged packet at {t:.2f}s ({err})"
-            times.append(t)
+                scan.error = f"damaged packet at {t:.2f}s ({err})"
+                return scan
+            scan.times.append(t)
+            scan.pts.append(pkt.pts)
             if pkt.is_keyframe:
-                keys.append(t)
+                scan.keys.append(t)
+            if not referenced and pkt.pts is not None:
+                scan.unreferenced.add(pkt.pts)
     except Exception as e:  # noqa: BLE001 - a demuxer error is damage, reported with where it happened
-        at = f" at {times[-1]:.2f}s" if times else ""
-        return times, keys, f"{type(e).__name__}{at}: {e}"
-    keys.sort()
-    return times, keys, None
+        at = f" at {scan.times[-1]:.2f}s" if scan.times else ""
+        scan.error = f"{type(e).__name__}{at}: {e}"
+    scan.keys.sort()
+    return scan
 
 
 def sample_times(start: float, span: float, keys: list[float], samples: int) -> list[float]:
@@ -373,52 +395,92 @@ def _key_frame_cuts(keys: list[float], frame_dt: float) -> int:
     return int(np.sum(gaps < 0.9 * gaps.max() - frame_dt))
 
 
-def _probe_sampled(path: Path, row: dict, settings: ProbeSettings, info) -> None:
-    import bisect
-
-    import av
-
-    with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
-        stream = c.streams.video[0]
-        nal_size = _nal_length_size(stream)
-        if nal_size is None:
-            return _probe_full(path, row, settings, info)
-        times, keys, error = _scan_packets(c, stream, nal_size)
-        frame_dt = 1.0 / info.fps if info.fps else 0.04
-        if error is None and stream.frames and len(times) < stream.frames:
-            error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
-                    f"({len(times)} of {stream.frames} frames)"
-        row["probe_frames"] = len(times)
-        picks: list[tuple] = []  # (first frame, the frame after it or None)
-        if times:
-            start = min(times)
-            targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples)
-            # Frame threads pay off over a run-up from a key frame; a key frame alone decodes faster without.
-            stream.thread_type = "SLICE" if set(targets) <= set(keys) else "AUTO"
-            tb = float(stream.time_base)
-            frames, position = None, None
-            try:
-                for t in targets:
-                    key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
-                    if frames is None or position is None or not (key <= position < t):
-                        c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
-                        frames = c.decode(stream)
-                    first = next((f for f in frames if f.time is None or f.time >= t - frame_dt / 2), None)
-                    if first is None:
-                        break
-                    after = next(frames, None)
-                    picks.append((first, after))
-                    position = (after or first).time
-            except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
-                error = error or f"{type(e).__name__}: {e}"
+def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> bool:
+    """Scores from sampled frames of the open container `c`; False (nothing done) for a codec whose damage
+    only a full decode finds."""
+    stream = c.streams.video[0]
+    nal_size = _nal_length_size(stream)
+    if nal_size is None:
+        return False
+    c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
+    scan = _scan_packets(c, stream, nal_size)
+    if scan.error is None and scan.pts and all(p is None for p in scan.pts):
+        return False  # samples are found by their pts
+    times, keys, error = scan.times, scan.keys, scan.error
+    frame_dt = 1.0 / info.fps if info.fps else 0.04
+    if error is None and stream.frames and len(times) < stream.frames:
+        error = f"stream ends at {max(times, default=0):.2f}s of {info.duration:.2f}s " \
+                f"({len(times)} of {stream.frames} frames)"
+    row["probe_frames"] = len(times)
+    picks: list[tuple] = []  # (first frame, the frame after it or None)
+    if times:
+        start = min(times)
+        targets = sample_times(start, max(times) - start + frame_dt, keys, settings.samples)
+        try:
+            _decode_at(c, stream, targets, scan, start, frame_dt, picks)
+        except Exception as e:  # noqa: BLE001 - damaged packets: reported like a full decode does
+            error = error or f"{type(e).__name__}: {e}"
     if not picks:
         row.update(decodable=False, probe_error=f"undecodable: {path.name}: no frame decodes"
                    + (f" ({error})" if error else ""))
-        return
+        return True
     if error:
         row.update(decodable=False, probe_error=f"undecodable: {path.name}: {error}")
     else:
         row["decodable"] = True
+    _sampled_scores(row, picks, keys, frame_dt, settings)
+    return True
+
+
+def _decode_at(c, stream, targets: list[float], scan: _Scan, start: float, frame_dt: float,
+               picks: list[tuple]) -> None:
+    """Append (frame at t, the frame shown after it) to `picks` for each target t. Targets are decoded in runs:
+    a seek to the key frame before the run's first target, then on through the run, feeding the decoder only
+    the sampled packets and the ones other frames are predicted from (x264 predicts from half its frames),
+    then draining it, so no packet after the run's last sample is decoded."""
+    import bisect
+    import math
+
+    tb = float(stream.time_base)
+    keys, ordered = scan.keys, sorted(p for p in scan.pts if p is not None)
+    runs: list[tuple[float, list[tuple[int, list[int]]]]] = []  # (key frame, [(earliest pts, pair pts)])
+    for t in targets:
+        lo = math.ceil((t - frame_dt / 2) / tb - 1e-6)
+        i = bisect.bisect_left(ordered, lo)
+        pair = ordered[i:i + 2]
+        if not pair:
+            continue
+        key = keys[bisect.bisect_right(keys, t + 1e-6) - 1] if keys and keys[0] <= t + 1e-6 else start
+        if not runs or key * (1 + 1e-9) > runs[-1][1][-1][1][-1] * tb:  # the key frame lies after the last pair
+            runs.append((key, []))
+        runs[-1][1].append((lo, pair))
+    wanted = {p for _, run in runs for _, pair in run for p in pair}
+    skip = scan.unreferenced - wanted
+    for key, run in runs:
+        c.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
+        need = {p for _, pair in run for p in pair}
+        got: dict[int, object] = {}
+        for pkt in c.demux(stream):
+            if pkt.pts in skip:
+                continue
+            fed = pkt.pts
+            frames = list(stream.decode(pkt))
+            if fed in need:
+                need.discard(fed)
+                if not need:  # every sampled packet is in: drain the frames the decoder holds back
+                    frames += stream.decode(None)
+            got.update((f.pts, f) for f in frames if f.pts in wanted)
+            if not need:
+                break
+        for lo, _ in run:
+            shown = sorted(p for p in got if p >= lo)
+            if not shown:
+                return
+            picks.append((got[shown[0]], got[shown[1]] if len(shown) > 1 else None))
+
+
+def _sampled_scores(row: dict, picks: list[tuple], keys: list[float], frame_dt: float,
+                    settings: ProbeSettings) -> None:
     sharp = [_gray(a, settings.blur_width) for a, _ in picks]
     marks = (0, len(picks) // 2, len(picks) - 1)  # start, middle, end
     row["phash"] = "".join(f"{dhash(sharp[i]):016x}" for i in marks)
