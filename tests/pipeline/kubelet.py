@@ -49,8 +49,28 @@ class Pod:
     killed: bool = False
 
 
+class InMemoryBatchApi:
+    """The two BatchV1Api calls vidtune makes, over a dict of Jobs (nothing runs them)."""
+
+    def __init__(self):
+        self.jobs: dict[tuple[str, str], k8s.V1Job] = {}
+
+    def create_namespaced_job(self, namespace, body):
+        key = (namespace, body.metadata.name)
+        if key in self.jobs:
+            raise ApiException(status=409, reason="AlreadyExists")
+        body.status = k8s.V1JobStatus()
+        self.jobs[key] = body
+        return body
+
+    def read_namespaced_job_status(self, name, namespace):
+        if (namespace, name) not in self.jobs:
+            raise ApiException(status=404, reason="NotFound")
+        return self.jobs[(namespace, name)]
+
+
 @dataclass
-class LocalCluster:
+class LocalCluster(InMemoryBatchApi):
     root: Path
     config_maps: dict[str, dict] = field(default_factory=dict)
     secrets: dict[str, dict] = field(default_factory=dict)
@@ -61,22 +81,12 @@ class LocalCluster:
     _threads: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # -- the two BatchV1Api calls
     def create_namespaced_job(self, namespace, body):
-        key = (namespace, body.metadata.name)
-        if key in self.jobs:
-            raise ApiException(status=409, reason="AlreadyExists")
-        body.status = k8s.V1JobStatus()
-        self.jobs[key] = body
+        super().create_namespaced_job(namespace, body)
         t = threading.Thread(target=self._run_job, args=(body,), daemon=True)
         self._threads.append(t)
         t.start()
         return body
-
-    def read_namespaced_job_status(self, name, namespace):
-        if (namespace, name) not in self.jobs:
-            raise ApiException(status=404, reason="NotFound")
-        return self.jobs[(namespace, name)]
 
     def wait_idle(self, timeout: float = 120) -> None:
         for t in self._threads:

@@ -53,6 +53,12 @@ def test_one_shard_is_one_plain_job(storage, bucket, tmp_path, capsys):
                  "transcode"]) == 0
     jobs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert len(jobs) == 1 and "completionMode" not in jobs[0]["spec"]
+    doc["stages"]["quality"]["probe"] = False  # nothing per item to spread: quality.run alone
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run", "--until",
+                 "quality"]) == 0
+    jobs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [j["spec"].get("completionMode") for j in jobs] == [None, None]
     doc["stages"]["transcode"]["shards"] = 0
     config.write_text(yaml.safe_dump(doc))
     assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run"]) == 2

@@ -11,7 +11,6 @@ from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.shards import interleave, share
 
 
-@pytest.mark.parametrize("n, count", [(0, 3), (1, 3), (7, 1), (7, 3), (10, 4), (3, 5)])
 def frames(storage, uri):
     import io
 
@@ -21,6 +20,7 @@ def frames(storage, uri):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
+@pytest.mark.parametrize("n, count", [(0, 3), (1, 3), (7, 1), (7, 3), (10, 4), (3, 5)])
 def test_interleave_undoes_share_for_any_split(n, count):
     items = [f"item-{i}" for i in range(n)]
     parts = [share(items, i, count) for i in range(count)]

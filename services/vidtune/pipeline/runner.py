@@ -185,9 +185,9 @@ def fanout_job(stage: Stage, p: Pipeline, job_id: str, shards: int, settings):
                                    labels={"vidtune.io/pipeline-stage": stage.name})
 
 
-def shards_of(stage: Stage, p: Pipeline) -> int:
+def shards_of(stage: Stage, p: Pipeline, spec: dict) -> int:
     """Pods of the stage's Indexed Job: 1 (one plain Job) for a stage that does not fan out."""
-    return int(p.get(stage.name, "shards")) if stage.fanout else 1
+    return int(p.get(stage.name, "shards")) if stage.fanout and stage.fanout.wanted(spec) else 1
 
 
 class OnKubernetes:
@@ -205,7 +205,7 @@ class OnKubernetes:
         self.settings = settings or kube.ClusterSettings.from_env()
 
     def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
-        shards = shards_of(stage, self.pipeline)
+        shards = shards_of(stage, self.pipeline, spec)
         if shards > 1:
             self._run_shards(stage, spec, status, remember, shards)
             if stage.fanout.merge is not None:
@@ -313,7 +313,7 @@ def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> l
         st = load_status(storage, p, stage.name)
         done = bool(st) and st.get("state") == DONE
         results[stage.name] = st["result"] if done else (stage.expected(p) if stage.expected else {})
-        shards = shards_of(stage, p)
+        shards = shards_of(stage, p, spec)
         shown = json.dumps(spec, ensure_ascii=False, default=str)
         if shards > 1:
             record_id = new_job_id(stage.service)

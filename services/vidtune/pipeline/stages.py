@@ -100,6 +100,7 @@ class FanOut:
     shard: Callable[[dict, int, int], dict] = shard_spec
     merge: Callable | None = None
     gpus: int = 0                        # per pod; GPU pods keep the cluster's GPU nodeSelector/tolerations
+    wanted: Callable[[dict], bool] = lambda spec: True   # whether this spec has per-item work to spread
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ STAGES: tuple[Stage, ...] = (
     # The shards probe into the run's probe cache; the quality.run job after them ingests, finds every
     # probe there, filters, splits and writes the manifests once.
     Stage("quality", "quality", "quality.run", _quality, ("SubmitRun", "RunQualityRequest"),
-          fanout=FanOut("quality.probe-shard"), expected=_expected_quality),
+          fanout=FanOut("quality.probe-shard", wanted=lambda spec: not spec["skip_probe"]), expected=_expected_quality),
     Stage("export", "quality", "quality.export", _export, ("SubmitExport", "ExportRequest")),
     Stage("train", "train", "train.run", _train, ("SubmitTrain", "TrainRequest")),
     Stage("generate", "evaluate", "evaluate.generate", _generate, ("SubmitGenerate", "GenerateRequest"),
