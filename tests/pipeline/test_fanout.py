@@ -169,3 +169,37 @@ def test_a_shard_that_keeps_failing_fails_the_stage_naming_it(storage, bucket, a
                                                                                (2, 0, 0)]
     assert "is already FAILED" in cluster.log_of(next(p for p in cluster.pods if p.attempt == 1))
     assert runner.load_status(storage, stages.parse(open(config).read()), "transcode")["state"] == "FAILED"
+
+
+def test_a_rerun_follows_the_running_indexed_job_instead_of_creating_another(storage, bucket, jobs_root, tmp_path):
+    from kubelet import InMemoryBatchApi
+    from kubernetes import client as k8s
+
+    from vidtune.platform.jobs import new_record
+
+    p = stages.parse(open(config_file(tmp_path, bucket, transcode={"shards": 2})).read())
+    stage = stages.STAGES[0]
+    spec = stage.spec(p, {})
+    api = InMemoryBatchApi()
+    # An earlier invocation created the Indexed Job and was interrupted; meanwhile both shards finished.
+    job = runner.fanout_job(stage, p, "tc-earlier", 2, kube.ClusterSettings())
+    api.create_namespaced_job("vidtune", job)
+    job.status = k8s.V1JobStatus(succeeded=2, conditions=[k8s.V1JobCondition(type="Complete", status="True")])
+    store = JobStore(storage, jobs_root, "transcode")
+    for i in range(2):
+        rec = new_record("transcode", "transcode.batch", {}) | {"id": f"tc-earlier-{i}", "state": "SUCCEEDED"}
+        store.create(rec)
+        storage.write_jsonl(f"{p.work}/transcode/_shards/report-0000{i}-of-00002.jsonl",
+                            [{"input": f"{p.media_root}/{n}.mp4", "status": "ok", "output": f"{p.work}/transcode/{n}.mp4"}
+                             for n in ("abc"[i::2])])
+    digest = stages.spec_digest(spec)
+    storage.write_text(runner.status_uri(p, "transcode"), json.dumps(
+        {"stage": "transcode", "digest": digest, "state": "RUNNING", "shards_job_id": "tc-earlier",
+         "shards_k8s_job": job.metadata.name, "shards": 2}))
+
+    results = runner.run(p, runner.OnKubernetes(storage, p, kube.ClusterSettings(), api=api, poll_seconds=0.01),
+                         storage, until="transcode", log=lambda m: None)
+    assert len(api.jobs) == 1  # followed, not created again
+    assert results["transcode"]["ok"] == 3
+    assert [r["input"].rsplit("/", 1)[1] for r in storage.read_jsonl(f"{p.work}/transcode/report.jsonl")] == \
+           ["a.mp4", "b.mp4", "c.mp4"]  # the shards' reports merged back into input order

@@ -7,6 +7,7 @@ import pytest
 
 from vidtune.evaluate.generate import GenerationSettings, generate_samples, merge_summaries, summary_uri
 from vidtune.evaluate.tasks import merge_generate
+from vidtune.pipeline import stages
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.shards import interleave, share
 
@@ -66,3 +67,16 @@ def test_generation_over_three_gpu_pods_equals_one_run(storage, bucket):
     again = generate_samples(prompts, ["base"], f"{bucket}/sharded", settings, storage, shard=(0, count))
     assert (again["generated"], again["skipped"]) == (0, 2)
     assert merge_summaries(storage, f"{bucket}/sharded", count)["skipped"] == 2
+
+
+def test_each_stage_shard_names_its_share_and_writes_its_own_outputs():
+    by_name = {s.name: s for s in stages.STAGES}
+    transcode = by_name["transcode"].fanout.shard({"inputs": ["s3://b/a"], "output": "s3://b/w/transcode",
+                                                   "report": "s3://b/w/transcode/report.jsonl"}, 1, 4)
+    assert (transcode["shard_index"], transcode["shard_count"]) == (1, 4)
+    assert transcode["report"] == "s3://b/w/transcode/_shards/report-00001-of-00004.jsonl"
+    generate = by_name["generate"].fanout.shard({"output": "s3://b/w/generate/videos"}, 2, 4)
+    assert (generate["shard_index"], generate["device"]) == (2, "cuda")  # a GPU pod uses its GPU
+    assert by_name["generate"].fanout.gpus == 1
+    assert not by_name["quality"].fanout.wanted({"skip_probe": True})
+    assert [s.name for s in stages.STAGES if s.fanout] == ["transcode", "quality", "generate"]

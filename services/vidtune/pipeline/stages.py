@@ -188,6 +188,11 @@ def _compare(p: Pipeline, results: dict) -> dict:
             "baseline": p.settings["compare"]["baseline"]}
 
 
+def _gpu_shard(spec: dict, index: int, count: int) -> dict:
+    # Each generation pod holds one GPU: its pipeline runs there unless the spec names a device.
+    return {**shard_spec(spec, index, count), "device": spec.get("device") or "cuda"}
+
+
 def _expected_quality(p: Pipeline) -> dict:
     return {"manifests": p.out("quality", "manifests"),
             "final_version": f"<the quality run's final manifest version: versions.final in "
@@ -205,8 +210,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", "quality", "quality.export", _export, ("SubmitExport", "ExportRequest")),
     Stage("train", "train", "train.run", _train, ("SubmitTrain", "TrainRequest")),
     Stage("generate", "evaluate", "evaluate.generate", _generate, ("SubmitGenerate", "GenerateRequest"),
-          prepare="prompts", fanout=FanOut("evaluate.generate", merge=_call("vidtune.evaluate.tasks", "merge_generate"),
-                                           gpus=1)),
+          prepare="prompts", fanout=FanOut("evaluate.generate", _gpu_shard,
+                                           _call("vidtune.evaluate.tasks", "merge_generate"), gpus=1)),
     Stage("score", "evaluate", "evaluate.score", _score, ("SubmitScore", "ScoreRequest"), prepare="reference"),
     Stage("compare", "evaluate", "evaluate.compare", _compare, ("SubmitCompare", "CompareRequest")),
 )
