@@ -203,3 +203,26 @@ def test_a_rerun_follows_the_running_indexed_job_instead_of_creating_another(sto
     assert results["transcode"]["ok"] == 3
     assert [r["input"].rsplit("/", 1)[1] for r in storage.read_jsonl(f"{p.work}/transcode/report.jsonl")] == \
            ["a.mp4", "b.mp4", "c.mp4"]  # the shards' reports merged back into input order
+
+
+def test_generation_fans_out_over_pods_and_merges_into_one_summary(storage, bucket, cluster, tmp_path):
+    from eval_clips import write_tiny_lora
+
+    p = stages.parse(open(config_file(tmp_path, bucket, generate={"shards": 2, "height": 32, "width": 32,
+                                                                  "num_frames": 5, "steps": 2})).read())
+    storage.upload(write_tiny_lora(tmp_path / "epoch-1.safetensors"), p.out("train", "checkpoints", "epoch-1.safetensors"))
+    storage.write_jsonl(p.out("generate", "prompts.jsonl"), [{"id": "cat", "prompt": "고양이", "category": "a"}])
+    stage = next(s for s in stages.STAGES if s.name == "generate")
+    spec = stage.spec(p, {}) | {"device": "cpu"}  # this node has no GPU; a cluster's pods default to cuda
+    result = runner.OnKubernetes(storage, p, kube.ClusterSettings(), poll_seconds=0.2).run(stage, spec, {}, lambda v: None)
+    logs = "\n".join(cluster.log_of(pod)[-1500:] for pod in cluster.pods)
+    assert result == {"videos": spec["output"], "generated": 4, "skipped": 0, "failed": 0, "total": 4,
+                      "failures": []}, logs
+    job = next(iter(cluster.jobs.values()))
+    assert job.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert sorted(pod.index for pod in cluster.pods) == [0, 1]
+    summary = json.loads(storage.read_text(f"{spec['output']}/generation.json"))
+    # plan order: base seeds 0, 1, then epoch-1 seeds 0, 1; pod 0 made the 1st and 3rd, pod 1 the others
+    assert [v[len(spec["output"]):].rsplit("-", 1)[0] for v in summary["videos"]] == [
+        "/base/cat/seed-0", "/base/cat/seed-1", "/epoch-1/cat/seed-0", "/epoch-1/cat/seed-1"]
+    assert all(storage.exists(v) for v in summary["videos"])
