@@ -254,8 +254,8 @@ class OnKubernetes:
 
     def _run_shards(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None],
                     shards: int) -> list[dict]:
-        """Create (or, resumed, follow) the stage's Indexed Job; every shard's result, or StageFailed naming
-        each failed index and why."""
+        """Create (or, resumed, follow) the stage's Indexed Job; every shard's result, or FailedPrecondition
+        naming each failed index and why."""
         from vidtune.platform import kube
         from vidtune.platform.jobs import new_job_id
 
