@@ -1,7 +1,7 @@
-"""`pipeline run --backend kubernetes`: the stage Jobs it creates, rendered without a cluster (--dry-run).
-
-Creating and following them needs a cluster, which the test machine does not have."""
+"""`pipeline run --backend kubernetes`: the stage Jobs it creates, rendered without a cluster (--dry-run) and
+checked against the official schemas. Creating and following them is in test_fanout.py (a stand-in API server)."""
 import yaml
+from deploy_support import KUBE_VERSIONS, schema_errors
 
 from vidtune.cli import main
 from vidtune.pipeline import runner, stages
@@ -9,22 +9,60 @@ from vidtune.platform.jobs import new_record
 from vidtune.platform.kube import ClusterSettings, manifest
 
 
-def test_dry_run_prints_the_stage_jobs_in_order(storage, bucket, tmp_path, capsys):
+def test_dry_run_prints_every_stage_job_in_order_valid_for_every_supported_kubernetes(storage, bucket, tmp_path,
+                                                                                       capsys):
     config = tmp_path / "p.yaml"
     config.write_text(stages.render_yaml(f"{bucket}/archive/labels/", f"{bucket}/archive", f"{bucket}/work"))
     assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run"]) == 0
     out = capsys.readouterr().out
     jobs = [d for d in yaml.safe_load_all(out) if d]
-    # transcode and quality are known up front; export needs the quality run's manifest version
-    assert [j["metadata"]["labels"]["vidtune.io/pipeline-stage"] for j in jobs] == ["transcode", "quality"]
-    assert "# export and later: their specs need the result of an earlier stage" in out
-    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
-    command = container["command"] + container.get("args", [])
-    assert command[:3] == ["vidtune", "worker", "--service"] and command[3] == "transcode"
-    assert command[command.index("--spec") + 1] == f"{bucket}/work/transcode/_spec.json"
-    assert command[command.index("--kind") + 1] == "transcode.batch"
-    for job in jobs:  # CPU stages ask for no GPU
-        assert "nvidia.com/gpu" not in str(job["spec"]["template"]["spec"]["containers"][0].get("resources"))
+    # Per-item stages are Indexed Jobs (shards: 4 by default); quality's own run merges its probe shards.
+    assert [(j["metadata"]["labels"]["vidtune.io/pipeline-stage"], j["spec"].get("completionMode")) for j in jobs] == [
+        ("transcode", "Indexed"), ("quality", "Indexed"), ("quality", None), ("export", None), ("train", None),
+        ("generate", "Indexed"), ("score", None), ("compare", None)]
+    for job in jobs:
+        for version in KUBE_VERSIONS:
+            assert schema_errors(job, version) == [], (job["metadata"]["name"], version)
+    transcode, generate = jobs[0], jobs[5]
+    assert (transcode["spec"]["completions"], transcode["spec"]["parallelism"]) == (4, 4)
+    assert transcode["spec"]["backoffLimitPerIndex"] == ClusterSettings().backoff_limit
+    container = transcode["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"] + container["args"]
+    assert command[:4] == ["vidtune", "worker", "--service", "transcode"]
+    assert command[command.index("--spec") + 1] == f"{bucket}/work/transcode/_shards/$(JOB_COMPLETION_INDEX).json"
+    assert command[command.index("--job-id") + 1].endswith("-$(JOB_COMPLETION_INDEX)")
+    # the index is declared in the container's env, so the kubelet expands it in the arguments
+    index_env = next(e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX")
+    assert "job-completion-index" in index_env["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "nvidia.com/gpu" not in str(container.get("resources"))
+    # generation: one GPU per pod, on the GPU nodes
+    pod = generate["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == ClusterSettings().node_selector
+    # export's manifest version is known only once quality has run: a placeholder says where it comes from
+    assert f"<the quality run's final manifest version: versions.final in {bucket}/work/quality/report.json>" in out
+    assert "export and later" not in out
+
+
+def test_one_shard_is_one_plain_job(storage, bucket, tmp_path, capsys):
+    doc = yaml.safe_load(stages.render_yaml(f"{bucket}/a/labels/", f"{bucket}/a", f"{bucket}/work"))
+    doc["stages"]["transcode"]["shards"] = 1
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run", "--until",
+                 "transcode"]) == 0
+    jobs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert len(jobs) == 1 and "completionMode" not in jobs[0]["spec"]
+    doc["stages"]["quality"]["probe"] = False  # nothing per item to spread: quality.run alone
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run", "--until",
+                 "quality"]) == 0
+    jobs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [j["spec"].get("completionMode") for j in jobs] == [None, None]
+    doc["stages"]["transcode"]["shards"] = 0
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run"]) == 2
+    assert "stages.transcode.shards: expected 1 to 1000, got 0" in capsys.readouterr().err
 
 
 def test_gpu_stages_are_placed_on_gpu_nodes_and_local_work_is_refused(tmp_path, capsys):

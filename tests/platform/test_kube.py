@@ -211,3 +211,27 @@ def test_vanished_job_fails_a_queued_record():
     assert kube.observe_status(None)["phase"] == "MISSING"
     kube.fail_from_status(rec, None)
     assert rec["state"] == FAILED and "no longer exists" in rec["error"]["message"] and rec["error"]["code"] == 14
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_indexed_worker_job_retries_each_index_and_declares_its_index(version):
+    settings = kube.ClusterSettings(backoff_limit=2)
+    command = ["vidtune", "worker", "--service", "evaluate", "--job-id", "ev-1-$(JOB_COMPLETION_INDEX)"]
+    job = kube.manifest(kube.indexed_worker_job(_record("evaluate.generate"), settings, 8, command, gpus=1))
+    validate(job, version, strict=True)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 8)
+    assert (spec["backoffLimitPerIndex"], spec["backoffLimit"]) == (2, 16)  # the total caps clusters without it
+    assert job["metadata"]["name"].endswith("-shards")
+    pod = spec["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == settings.node_selector
+
+
+@pytest.mark.parametrize("text, indexes", [(None, []), ("", []), ("3", [3]), ("0,2-4,7", [0, 2, 3, 4, 7])])
+def test_failed_indexes(text, indexes):
+    assert kube.failed_indexes(k8s.V1JobStatus(failed_indexes=text)) == indexes
+    assert kube.failed_indexes(None) == []

@@ -7,32 +7,12 @@ import copy
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
+from kubelet import InMemoryBatchApi  # tests/pipeline/kubelet.py
 from kubernetes_validate import validate
 
 from vidtune.platform import kube, launchers
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import FAILED, RUNNING, SUCCEEDED, JobManager, JobStore, new_record, transition
-
-
-class InMemoryBatchApi:
-    """The two BatchV1Api calls vidtune makes, over a dict of Jobs."""
-
-    def __init__(self):
-        self.jobs: dict[tuple[str, str], k8s.V1Job] = {}
-
-    def create_namespaced_job(self, namespace, body):
-        key = (namespace, body.metadata.name)
-        if key in self.jobs:
-            raise ApiException(status=409, reason="AlreadyExists")
-        body.status = k8s.V1JobStatus()
-        self.jobs[key] = body
-        return body
-
-    def read_namespaced_job_status(self, name, namespace):
-        if (namespace, name) not in self.jobs:
-            raise ApiException(status=404, reason="NotFound")
-        return self.jobs[(namespace, name)]
 
 
 def test_backend_choice_names_what_is_available():

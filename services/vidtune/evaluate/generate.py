@@ -28,6 +28,7 @@ import numpy as np
 from vidtune.platform.errors import InvalidArgument, JobCancelled
 from vidtune.platform.limits import limits
 from vidtune.platform.media import check_image_pixels
+from vidtune.platform.shards import interleave, shard_name, share
 from vidtune.platform.storage import Storage, basename, is_s3, join
 
 from .prompts import PromptItem, load_prompts
@@ -182,8 +183,12 @@ def run_pipeline(pipe, settings: dict, s: GenerationSettings, storage: Storage) 
 def generate_samples(prompts: str, checkpoints: list, out: str, settings: GenerationSettings | None = None,
                      storage: Storage | None = None, progress: Callable[[int, int, str], None] | None = None,
                      check_cancelled: Callable[[], None] | None = None,
-                     pipeline_loader: Callable | None = None, scratch: str | Path | None = None) -> dict:
-    """Generate every missing (checkpoint, prompt, seed) video below `out`; returns counts and URIs."""
+                     pipeline_loader: Callable | None = None, scratch: str | Path | None = None,
+                     shard: tuple[int, int] | None = None) -> dict:
+    """Generate every missing (checkpoint, prompt, seed) video below `out`; returns counts and URIs.
+
+    `shard=(index, count)` keeps every count-th item of the plan from index on (one GPU pod's share of an
+    Indexed Job); its summary goes to `summary_uri(out, shard)` and `merge_summaries` makes the whole one."""
     storage = storage or Storage()
     s = settings or GenerationSettings()
     s.validate()
@@ -193,6 +198,8 @@ def generate_samples(prompts: str, checkpoints: list, out: str, settings: Genera
     items = load_prompts(prompts, storage)
     ckpts = parse_checkpoints(checkpoints, storage)
     plan = [(c, sample_settings(c, it, seed, s)) for c in ckpts for it in items for seed in s.seeds]
+    if shard is not None:
+        plan = share(plan, *shard)
     total, done = len(plan), 0
     made, skipped, failed, videos = 0, 0, [], []
     t0 = time.monotonic()
@@ -239,6 +246,23 @@ def generate_samples(prompts: str, checkpoints: list, out: str, settings: Genera
     summary = {"out": out, "prompts": prompts, "checkpoints": [asdict(c) for c in ckpts], "settings": asdict(s),
                "total": total, "generated": made, "skipped": skipped, "failed": failed, "videos": videos,
                "seconds": round(time.monotonic() - t0, 2)}
-    storage.write_text(join(out, "generation.json"), json.dumps(summary, ensure_ascii=False, indent=1),
-                       "application/json")
+    storage.write_text(summary_uri(out, shard), json.dumps(summary, ensure_ascii=False, indent=1), "application/json")
+    return summary
+
+
+def summary_uri(out: str, shard: tuple[int, int] | None = None) -> str:
+    return join(out, "_shards", f"generation-{shard_name(*shard)}.json") if shard else join(out, "generation.json")
+
+
+def merge_summaries(storage: Storage, out: str, count: int) -> dict:
+    """`<out>/generation.json` of the whole plan from its `count` shards' summaries: videos and failures in
+    plan order, counts summed; the summary one unsharded run writes (but for its seconds)."""
+    parts = [json.loads(storage.read_text(summary_uri(out, (i, count)))) for i in range(count)]
+    videos = interleave([p["videos"] for p in parts])
+    order = {v: k for k, v in enumerate(videos)}
+    summary = {**parts[0], "total": sum(p["total"] for p in parts), "generated": sum(p["generated"] for p in parts),
+               "skipped": sum(p["skipped"] for p in parts),
+               "failed": sorted((f for p in parts for f in p["failed"]), key=lambda f: order[f["video"]]),
+               "videos": videos, "seconds": max(p["seconds"] for p in parts)}
+    storage.write_text(summary_uri(out), json.dumps(summary, ensure_ascii=False, indent=1), "application/json")
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.jobs import JobContext
 from vidtune.platform.kinds import JobKind, handlers
+from vidtune.platform.shards import shard_of
 
 
 def generation_settings(spec: dict):
@@ -59,10 +60,21 @@ def generate(ctx: JobContext) -> dict:
     ctx.set_result(videos=ctx.spec["output"])
     summary = generate_samples(ctx.spec["prompts"], list(ctx.spec["checkpoints"]), ctx.spec["output"],
                                generation_settings(ctx.spec), ctx.storage, ctx.progress, ctx.check_cancelled,
-                               scratch=ctx.scratch)
+                               scratch=ctx.scratch, shard=shard_of(ctx.spec))
+    return generate_result(summary)
+
+
+def generate_result(summary: dict) -> dict:
     # The first failures with their reasons ride in the result, so a caller sees why at once.
     return {"videos": summary["out"], "generated": summary["generated"], "skipped": summary["skipped"],
             "failed": len(summary["failed"]), "total": summary["total"], "failures": summary["failed"][:50]}
+
+
+def merge_generate(storage, spec: dict, count: int) -> dict:
+    """The result of a generation fanned out over `count` GPU pods, from their summaries."""
+    from .generate import merge_summaries
+
+    return generate_result(merge_summaries(storage, spec["output"], count))
 
 
 def score(ctx: JobContext) -> dict:

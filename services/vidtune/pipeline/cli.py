@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--backend", choices=["kubernetes"], help="create each stage as a Kubernetes Job (in the "
                      "cluster of the current kubeconfig, settings from VIDTUNE_K8S_*), in order, and follow it; "
                      "the work prefix must be an s3:// URI the pods reach")
-    run.add_argument("--dry-run", action="store_true", help="with --backend kubernetes: print the stage Jobs "
-                     "(as far as their specs are known) for `kubectl apply -f -`, create nothing")
+    run.add_argument("--dry-run", action="store_true", help="with --backend kubernetes: print every stage's "
+                     "Job (an Indexed Job for a stage with shards > 1) with its spec as a comment, create nothing")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
 
@@ -70,10 +70,11 @@ def cmd_run(args) -> int:
             return 2
         settings = ClusterSettings.from_env()
         if args.dry_run:
-            jobs, stopped = runner.render_jobs(pipeline, storage, args.until, settings)
-            print("---\n".join(manifest_yaml(j) for j in jobs), end="")
-            if stopped:
-                print(f"# {stopped}")
+            print("# `pipeline run --backend kubernetes` creates these Jobs one after another, each once the one\n"
+                  "# before it succeeded, and writes the spec each names just before creating it (applied all at\n"
+                  "# once with kubectl they would start together, before their specs exist).")
+            for about, job in runner.render_jobs(pipeline, storage, args.until, settings):
+                print("---\n" + "".join(f"# {line}\n" for line in about.splitlines()) + manifest_yaml(job), end="")
             return 0
         executor = runner.OnKubernetes(storage, pipeline, settings)
     elif args.submit:

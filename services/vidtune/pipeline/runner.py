@@ -167,20 +167,73 @@ def stage_job(stage: Stage, record: dict, spec_uri: str, settings):
                            command=command, labels={"vidtune.io/pipeline-stage": stage.name})
 
 
+def shard_spec_uri(p: Pipeline, stage: Stage, index: int | str) -> str:
+    return p.out(stage.name, "_shards", f"{index}.json")
+
+
+def fanout_job(stage: Stage, p: Pipeline, job_id: str, shards: int, settings):
+    """The Indexed Job of a fanned-out stage: pod i runs `vidtune worker` on the job record `<job_id>-<i>`,
+    created from the shard spec the runner wrote at `<work>/<stage>/_shards/<i>.json`."""
+    from vidtune.platform import kube
+    from vidtune.platform.jobs import new_record
+
+    index = f"$({kube.COMPLETION_INDEX})"
+    command = ["vidtune", "worker", "--service", stage.service, "--job-id", f"{job_id}-{index}",
+               "--spec", shard_spec_uri(p, stage, index), "--kind", stage.fanout.kind]
+    record = new_record(stage.service, stage.fanout.kind, {}, backend="kubernetes") | {"id": job_id}
+    return kube.indexed_worker_job(record, settings, shards, command, gpus=stage.fanout.gpus,
+                                   labels={"vidtune.io/pipeline-stage": stage.name})
+
+
+def shards_of(stage: Stage, p: Pipeline, spec: dict) -> int:
+    """Pods of the stage's Indexed Job: 1 (one plain Job) for a stage that does not fan out."""
+    return int(p.get(stage.name, "shards")) if stage.fanout and stage.fanout.wanted(spec) else 1
+
+
 class OnKubernetes:
     """Each stage is a Kubernetes Job created in order and followed to its end; the stage's result is read
-    from the job record its worker wrote. The work prefix must be in the object store the pods reach."""
+    from the job record its worker wrote. A stage that fans out (`Stage.fanout`, `shards` > 1) is one
+    Indexed Job of that many pods, then its merge. The work prefix must be in the object store the pods reach."""
 
-    def __init__(self, storage: Storage, pipeline: Pipeline, settings=None, api=None, poll_seconds: float = 5.0):
+    POLL_SECONDS = 5.0  # how often a Job's status is read
+
+    def __init__(self, storage: Storage, pipeline: Pipeline, settings=None, api=None, poll_seconds: float | None = None):
         from vidtune.platform import kube
 
-        self.storage, self.pipeline, self.api, self.poll_seconds = storage, pipeline, api, poll_seconds
+        self.storage, self.pipeline, self.api = storage, pipeline, api
+        self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
         self.settings = settings or kube.ClusterSettings.from_env()
 
     def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
+        shards = shards_of(stage, self.pipeline, spec)
+        if shards > 1:
+            self._run_shards(stage, spec, status, remember, shards)
+            if stage.fanout.merge is not None:
+                return stage.fanout.merge(self.storage, spec, shards)
+        return self._run_one(stage, spec, status, remember)
+
+    def _follow(self, name: str):
         from vidtune.platform import kube
-        from vidtune.platform.jobs import JobStore, new_record
+
+        while True:
+            st = kube.read_status(name, self.settings.namespace, self.api)
+            phase = kube.job_phase(st)
+            if phase in (DONE, FAILED, "MISSING"):
+                return phase, st
+            time.sleep(self.poll_seconds)
+
+    def _record(self, service: str, job_id: str) -> dict | None:
+        from vidtune.platform.jobs import JobStore
         from vidtune.platform.settings import jobs_root
+
+        try:
+            return JobStore(self.storage, jobs_root(), service).load(job_id)
+        except NotFound:
+            return None
+
+    def _run_one(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
+        from vidtune.platform import kube
+        from vidtune.platform.jobs import new_record
 
         job_id, name = status.get("job_id"), status.get("k8s_job")
         if not job_id:
@@ -190,40 +243,95 @@ class OnKubernetes:
             job = kube.submit(stage_job(stage, record, spec_uri, self.settings), self.api)
             job_id, name = record["id"], job.metadata.name
             remember({"job_id": job_id, "k8s_job": name})
-        while True:
-            phase = kube.job_phase(kube.read_status(name, self.settings.namespace, self.api))
-            if phase in (DONE, FAILED, "MISSING"):
-                break
-            time.sleep(self.poll_seconds)
-        try:
-            record = JobStore(self.storage, jobs_root(), stage.service).load(job_id)
-        except NotFound:
-            raise FailedPrecondition(f"Kubernetes Job {name} ended {phase} without a job record") from None
+        phase, _ = self._follow(name)
+        record = self._record(stage.service, job_id)
+        if record is None:
+            raise FailedPrecondition(f"Kubernetes Job {name} ended {phase} without a job record")
         if record["state"] != DONE:
             raise FailedPrecondition(f"job {job_id} (Kubernetes Job {name}) ended {record['state']}: "
                                      f"{(record.get('error') or {}).get('message', '')}")
         return record["result"]
 
+    def _run_shards(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None],
+                    shards: int) -> list[dict]:
+        """Create (or, resumed, follow) the stage's Indexed Job; every shard's result, or FailedPrecondition
+        naming each failed index and why."""
+        from vidtune.platform import kube
+        from vidtune.platform.jobs import new_job_id
 
-def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> tuple[list, str]:
-    """The Jobs `run --backend kubernetes` would create, in order, for `--dry-run`: as far as the specs can
-    be known (a stage needing an earlier stage's result ends the list; the reason is returned)."""
-    from vidtune.platform.jobs import new_record
+        base, name = status.get("shards_job_id"), status.get("shards_k8s_job")
+        if not base or status.get("shards") != shards:
+            base = new_job_id(stage.service)
+            for i in range(shards):
+                self.storage.write_text(shard_spec_uri(self.pipeline, stage, i),
+                                        json.dumps(stage.fanout.shard(spec, i, shards), ensure_ascii=False),
+                                        "application/json")
+            name = kube.submit(fanout_job(stage, self.pipeline, base, shards, self.settings), self.api).metadata.name
+            remember({"shards_job_id": base, "shards_k8s_job": name, "shards": shards})
+        phase, st = self._follow(name)
+        records = [self._record(stage.service, f"{base}-{i}") for i in range(shards)]
+        problems = shard_problems(st, records)
+        if problems:
+            why = f"; {kube.failure_reason(st)}" if phase in kube.ENDED_BADLY else ""
+            raise FailedPrecondition(f"{len(problems)} of {shards} shards failed (Indexed Job {name}): "
+                                     + "; ".join(problems) + why)
+        return [r["result"] for r in records]
 
-    jobs, results = [], {}
+
+def shard_problems(status, records: list[dict | None]) -> list[str]:
+    """Per failed index of an ended Indexed Job: which shard (its job record) and why."""
+    from vidtune.platform import kube
+
+    n = len(records)
+    given_up = set(kube.failed_indexes(status))
+    problems = []
+    for i, rec in enumerate(records):
+        if rec is not None and rec["state"] == DONE:
+            continue
+        if rec is not None and rec["state"] == FAILED:
+            why = (rec.get("error") or {}).get("message") or "failed"
+        elif rec is None:
+            why = "no job record: its pod never started the work"
+        else:
+            why = f"its job record is still {rec['state']}"
+        if given_up and i not in given_up:
+            continue  # not given up on, only stopped when the Job failed
+        problems.append(f"shard {i} of {n} (job {rec['id'] if rec else '-'}): {why}")
+    return problems
+
+
+def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> list[tuple[str, object]]:
+    """The Jobs `run --backend kubernetes` creates, in order, for `--dry-run`, each with comment lines
+    saying what it runs. Every stage is rendered: a Job names only its spec's URI below `<work>/<stage>/`,
+    which `pipeline run` writes just before creating it; a spec field that needs an earlier stage's result
+    is shown as a placeholder naming where that value will be read."""
+    from vidtune.platform.jobs import new_job_id, new_record
+
+    out, results = [], {}
     for stage in stages_until(until):
-        try:
-            spec = stage.spec(p, results)
-        except KeyError:
-            return jobs, (f"{stage.name} and later: their specs need the result of an earlier stage, which has "
-                          "not run yet")
-        record = new_record(stage.service, stage.kind, spec, backend="kubernetes")
-        jobs.append(stage_job(stage, record, p.out(stage.name, "_spec.json"), settings))
+        spec = stage.spec(p, results)
         st = load_status(storage, p, stage.name)
-        results[stage.name] = (st or {}).get("result", {})
-        if not st or st.get("state") != DONE:
-            results[stage.name] = {}
-    return jobs, ""
+        done = bool(st) and st.get("state") == DONE
+        results[stage.name] = st["result"] if done else (stage.expected(p) if stage.expected else {})
+        shards = shards_of(stage, p, spec)
+        shown = json.dumps(spec, ensure_ascii=False, default=str)
+        if shards > 1:
+            record_id = new_job_id(stage.service)
+            lines = [f"stage {stage.name}: one Indexed Job of {shards} pods; pod i runs {stage.fanout.kind} on "
+                     f"every {shards}-th item from i, its spec at {shard_spec_uri(p, stage, '<i>')}",
+                     f"the stage's spec, which each shard's narrows: {shown}"]
+            if stage.fanout.merge is not None:
+                lines.append(f"then `pipeline run` merges the {shards} shards' outputs into the stage's result")
+            out.append(("\n".join(lines), fanout_job(stage, p, record_id, shards, settings)))
+            if stage.fanout.merge is not None:
+                continue
+            intro = f"stage {stage.name}: after its shards, {stage.kind} (the merge; it finds every shard's work done)"
+        else:
+            intro = f"stage {stage.name}: {stage.kind}"
+        record = new_record(stage.service, stage.kind, spec, backend="kubernetes")
+        out.append((f"{intro}; spec at {p.out(stage.name, '_spec.json')}: {shown}",
+                    stage_job(stage, record, p.out(stage.name, "_spec.json"), settings)))
+    return out
 
 
 def request_fields(stage: Stage, spec: dict) -> dict:
@@ -242,6 +350,10 @@ class StageFailed(FailedPrecondition):
     pass
 
 
+# What an executor remembers of a stage's jobs (see `remember`), kept when the stage is resumed.
+RESUMABLE = ("job_id", "k8s_job", "shards_job_id", "shards_k8s_job", "shards")
+
+
 def run(p: Pipeline, executor, storage: Storage, until: str | None = None, log: Log = print) -> dict[str, dict]:
     """Run every stage up to `until` in order; returns each stage's result. Raises StageFailed (with the
     stage's state file written) when a stage fails or produces nothing."""
@@ -257,8 +369,10 @@ def run(p: Pipeline, executor, storage: Storage, until: str | None = None, log: 
             upstream = f"{digest} {status['finished']}"
             continue
         resumed = bool(status) and status.get("digest") == digest
+        # A stage still running from an earlier invocation keeps its jobs, to be followed, not created again.
+        running = {k: v for k, v in status.items() if k in RESUMABLE} if resumed and status.get("state") == RUNNING else {}
         status = {"stage": stage.name, "service": stage.service, "kind": stage.kind, "spec": spec,
-                  "digest": digest, "state": RUNNING, "job_id": status.get("job_id", "") if resumed and status.get("state") == RUNNING else "",
+                  "digest": digest, "state": RUNNING, "job_id": "", **running,
                   "result": {}, "error": "", "started": _now(), "finished": "", "seconds": 0.0}
         _save_status(storage, p, status)
         log(f"{stage.name}: {'resuming' if resumed else 'running'} {stage.kind}")

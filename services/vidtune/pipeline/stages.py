@@ -8,6 +8,7 @@ storage: `runner.py` does that, so the graph can be read, printed and tested on 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -15,7 +16,13 @@ from typing import Callable
 import yaml
 
 from vidtune.platform.errors import InvalidArgument
+from vidtune.platform.shards import shard_spec
 from vidtune.platform.storage import join
+
+# Pods of a fanned-out stage's Indexed Job: every item of the stage goes to one of them.
+SHARDS = ("shards", 4, "pods of this stage's Indexed Job with --backend kubernetes, each doing every N-th item "
+                       "(1: one pod; runs on one machine ignore it)")
+MAX_SHARDS = 1000
 
 # Settings per stage: (key, default, what it means). `init` prints them as commented YAML.
 SETTINGS: dict[str, list[tuple[str, object, str]]] = {
@@ -24,6 +31,7 @@ SETTINGS: dict[str, list[tuple[str, object, str]]] = {
         ("fps", 0.0, "output frame rate (0: the profile's)"),
         ("max_duration", 0.0, "seconds kept per clip (0: the profile's)"),
         ("workers", 2, "inputs transcoded at once"),
+        SHARDS,
     ],
     "quality": [
         ("rules", "", "rules YAML (empty: the defaults; `vidtune quality rules` prints them)"),
@@ -32,6 +40,7 @@ SETTINGS: dict[str, list[tuple[str, object, str]]] = {
         ("val_ratio", 0.1, "share of rows held out for validation (metadata_val.csv)"),
         ("seed", 0, "seed of the train/val split"),
         ("workers", 2, "media probed at once"),
+        SHARDS,
     ],
     "export": [
         ("max_tokens", 512, "caption budget per prompt (whole sentences kept)"),
@@ -51,6 +60,8 @@ SETTINGS: dict[str, list[tuple[str, object, str]]] = {
         ("height", 64, ""), ("width", 64, ""),
         ("num_frames", 17, "4n+1"),
         ("steps", 4, "denoising steps"),
+        SHARDS[:2] + ("GPU pods of the generation's Indexed Job with --backend kubernetes, one GPU each, each "
+                      "generating every N-th (checkpoint, prompt, seed) video (1: one pod)",),
     ],
     "score": [
         ("clip_weights", "", "CLIP bundle directory or file (docs/formats.md)"),
@@ -69,6 +80,29 @@ STAGE_NAMES = tuple(SETTINGS)
 UNTIL = ("transcode", "quality", "export", "train", "generate", "score", "compare")
 
 
+def _call(module: str, name: str) -> Callable:
+    """A function of a service module, imported when first called (reading the graph imports no service)."""
+    return lambda *args: getattr(importlib.import_module(module), name)(*args)
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """How a per-item stage spreads over the pods of one Indexed Job on a cluster (the stage's `shards`).
+
+    Pod i of n runs `kind` on `shard(spec, i, n)`: items[i::n] of the stage, through the same handler as a
+    local run, each shard writing only its own outputs (outputs keyed by input and settings, so a retried
+    pod skips what it finished). Then `merge(storage, spec, n)` makes the stage's result from the shards'
+    outputs, in the order of one unsharded run; with no `merge` the stage's own job runs after the shards
+    and finds every item done (quality: the probe cache), so it is the merge.
+    """
+
+    kind: str
+    shard: Callable[[dict, int, int], dict] = shard_spec
+    merge: Callable | None = None
+    gpus: int = 0                        # per pod; GPU pods keep the cluster's GPU nodeSelector/tolerations
+    wanted: Callable[[dict], bool] = lambda spec: True   # whether this spec has per-item work to spread
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: which job it is and how its spec is made.
@@ -85,6 +119,10 @@ class Stage:
     spec: Callable[["Pipeline", dict], dict]
     rpc: tuple[str, str]                 # (Submit method, request message)
     prepare: str = ""                    # an input the runner writes before the job: see runner.PREPARE
+    fanout: FanOut | None = None         # per-item work: an Indexed Job on a cluster
+    # What the spec of a later stage needs of this stage's result before it has run (for --dry-run): the
+    # fields at fixed places below <work>, and a placeholder naming where `pipeline run` finds the others.
+    expected: Callable[["Pipeline"], dict] | None = None
 
 
 @dataclass
@@ -150,13 +188,30 @@ def _compare(p: Pipeline, results: dict) -> dict:
             "baseline": p.settings["compare"]["baseline"]}
 
 
+def _gpu_shard(spec: dict, index: int, count: int) -> dict:
+    # Each generation pod holds one GPU: its pipeline runs there unless the spec names a device.
+    return {**shard_spec(spec, index, count), "device": spec.get("device") or "cuda"}
+
+
+def _expected_quality(p: Pipeline) -> dict:
+    return {"manifests": p.out("quality", "manifests"),
+            "final_version": f"<the quality run's final manifest version: versions.final in "
+                             f"{p.out('quality', 'report.json')}>"}
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("transcode", "transcode", "transcode.batch", _transcode, ("SubmitTranscode", "TranscodeRequest")),
-    Stage("quality", "quality", "quality.run", _quality, ("SubmitRun", "RunQualityRequest")),
+    Stage("transcode", "transcode", "transcode.batch", _transcode, ("SubmitTranscode", "TranscodeRequest"),
+          fanout=FanOut("transcode.batch", _call("vidtune.transcode.tasks", "batch_shard_spec"),
+                        _call("vidtune.transcode.tasks", "merge_batch"))),
+    # The shards probe into the run's probe cache; the quality.run job after them ingests, finds every
+    # probe there, filters, splits and writes the manifests once.
+    Stage("quality", "quality", "quality.run", _quality, ("SubmitRun", "RunQualityRequest"),
+          fanout=FanOut("quality.probe-shard", wanted=lambda spec: not spec["skip_probe"]), expected=_expected_quality),
     Stage("export", "quality", "quality.export", _export, ("SubmitExport", "ExportRequest")),
     Stage("train", "train", "train.run", _train, ("SubmitTrain", "TrainRequest")),
     Stage("generate", "evaluate", "evaluate.generate", _generate, ("SubmitGenerate", "GenerateRequest"),
-          prepare="prompts"),
+          prepare="prompts", fanout=FanOut("evaluate.generate", _gpu_shard,
+                                           _call("vidtune.evaluate.tasks", "merge_generate"), gpus=1)),
     Stage("score", "evaluate", "evaluate.score", _score, ("SubmitScore", "ScoreRequest"), prepare="reference"),
     Stage("compare", "evaluate", "evaluate.compare", _compare, ("SubmitCompare", "CompareRequest")),
 )
@@ -236,5 +291,7 @@ def parse(text: str, origin: str = "pipeline") -> Pipeline:
                     isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool)):
                 raise InvalidArgument(f"{origin}: stages.{stage}.{key}: expected {type(default).__name__}, "
                                       f"got {v!r}")
+            if key == "shards" and (isinstance(v, bool) or not 1 <= v <= MAX_SHARDS):
+                raise InvalidArgument(f"{origin}: stages.{stage}.shards: expected 1 to {MAX_SHARDS}, got {v!r}")
             settings[stage][key] = float(v) if isinstance(default, float) else v
     return Pipeline(str(doc["labels"]), str(doc["media_root"]), str(doc["work"]).rstrip("/"), settings)

@@ -86,6 +86,7 @@ class JobSpec:
     completions: int | None = None          # with parallelism + Indexed: sharded work (transcode)
     parallelism: int | None = None
     indexed: bool = False
+    backoff_limit_per_index: int | None = None  # Indexed: retries of each index on its own (Kubernetes 1.29+)
 
 
 def build_job(spec: JobSpec) -> k8s.V1Job:
@@ -98,6 +99,8 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
     env.append(k8s.V1EnvVar(name="VIDTUNE_S3_SECRET_DIR", value=S3_SECRET_DIR))
     env.append(k8s.V1EnvVar(name="VIDTUNE_POD_NAME", value_from=k8s.V1EnvVarSource(
         field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))))
+    if spec.indexed:
+        env.append(completion_index_env())
     requests = {k: v for k, v in (("cpu", spec.cpu_request), ("memory", spec.memory_request)) if v}
     limits = {k: v for k, v in (("cpu", spec.cpu_limit), ("memory", spec.memory_limit)) if v}
     if spec.gpus:
@@ -142,7 +145,8 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
         backoff_limit=spec.backoff_limit, active_deadline_seconds=spec.active_deadline_seconds,
         ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
         completions=spec.completions, parallelism=spec.parallelism,
-        completion_mode="Indexed" if spec.indexed else None, suspend=True if spec.queue_name else None)
+        completion_mode="Indexed" if spec.indexed else None, suspend=True if spec.queue_name else None,
+        backoff_limit_per_index=spec.backoff_limit_per_index)
     return k8s.V1Job(api_version="batch/v1", kind="Job",
                      metadata=k8s.V1ObjectMeta(name=k8s_name(spec.name), namespace=spec.namespace or None,
                                                labels=job_labels),
@@ -180,6 +184,38 @@ def worker_job(record: dict, settings: ClusterSettings | None = None, *, gpus: i
     return build_job(JobSpec(name=fields.pop("name", None) or k8s_name("vidtune", record["id"]),
                              command=per_gpu(command, gpus) if command else worker_command(service, record["id"], gpus),
                              labels=labels, env=env, gpus=gpus, **fields))
+
+
+# -- Indexed Jobs: one pod per shard of a job's items ---------------------------------------------------
+
+COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+
+
+def completion_index_env() -> k8s.V1EnvVar:
+    """The pod's index, declared in the container's own env (the Job controller adds the same variable), so
+    `$(JOB_COMPLETION_INDEX)` in the command is expanded by the kubelet by the documented rule."""
+    return k8s.V1EnvVar(name=COMPLETION_INDEX, value_from=k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(
+        field_path="metadata.annotations['batch.kubernetes.io/job-completion-index']")))
+
+
+def indexed_worker_job(record: dict, settings: ClusterSettings, shards: int, command: list[str], *, gpus: int = 0,
+                       labels: dict | None = None) -> k8s.V1Job:
+    """An Indexed Job of `shards` pods, all at once, each running `command` (which names its shard through
+    `$(JOB_COMPLETION_INDEX)`). Each index is retried on its own (backoffLimitPerIndex); the Job's
+    backoffLimit caps the retries of all indexes together where the per-index limit is not supported."""
+    return worker_job(record, settings, gpus=gpus, command=command, labels=labels or {},
+                      name=k8s_name("vidtune", record["id"], "shards"), indexed=True, completions=shards,
+                      parallelism=shards, backoff_limit_per_index=settings.backoff_limit,
+                      backoff_limit=settings.backoff_limit * shards)
+
+
+def failed_indexes(status: k8s.V1JobStatus | None) -> list[int]:
+    """The indexes the Job gave up on (`status.failedIndexes`, e.g. "1,3-5"), with backoffLimitPerIndex."""
+    out: list[int] = []
+    for part in filter(None, ((status.failed_indexes if status else None) or "").split(",")):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
 
 
 # -- where workers run: the chart's VIDTUNE_K8S_* settings ------------------------------------------

@@ -139,9 +139,12 @@ def ingest(source: str, root: str | None = None, mapping: str | None = None, fmt
     digest.update(json.dumps(fields, sort_keys=True).encode())
     table = _build_table(raw, fields, root)
     if transcoded:
-        report = storage.read_bytes(transcoded)
-        digest.update(b"\0transcoded\0" + report)
-        table, root = join_transcoded(table, root, _report_lines(report, transcoded), transcoded)
+        lines = _report_lines(storage.read_bytes(transcoded), transcoded)
+        # Only what the join reads: a report that differs in timings or in which items a resumed (or
+        # sharded) transcode skipped names the same clips, so it gives the same manifest version.
+        joined = [{k: ln.get(k) for k in REPORT_FIELDS} for ln in lines]
+        digest.update(b"\0transcoded\0" + json.dumps(joined, sort_keys=True).encode())
+        table, root = join_transcoded(table, root, lines, transcoded)
     errors: dict[str, int] = {}
     for e in table.column("ingest_error").to_pylist():
         if e:
@@ -193,6 +196,10 @@ def common_folder(locations: list[str]) -> str:
             n += 1
         common = common[:n]
     return "/".join(common) or "/"
+
+
+# The fields of a transcode report line that `join_transcoded` reads.
+REPORT_FIELDS = ("input", "status", "output", "reason", "media_type", "width", "height", "duration")
 
 
 def join_transcoded(table: pa.Table, root: str, lines: list[dict], report_uri: str) -> tuple[pa.Table, str]:

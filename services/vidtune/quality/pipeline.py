@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.report import Report, new_figure
+from vidtune.platform.shards import share
 from vidtune.platform.storage import Storage, join
 
 from . import dataset
@@ -59,13 +60,34 @@ def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = Pro
     """(probed version, what this run did: items probed, taken from the cache, undecodable)."""
     table = store.load(version)
     root = root_of(store, version)
-    cache_root = cache_root or join(store.root, "probe-cache")
+    cache_root = cache_root or probe_cache(store.root)
     probed, stats = probe_manifest(table, root, store.storage, cache_root, settings, workers, scratch,
                                    progress, cancelled)
     # The version depends on what was found, not only on the settings: changed media give a new version.
     digest = content_hash(probed.column("sha256").to_pylist(), probed.column("probe_error").to_pylist())
     params = {"settings": asdict(settings), "results": digest}
     return store.save(probed, "probe", version, params, extra={"root": root, "probe": asdict(stats)}), stats
+
+
+def probe_cache(store_root: str) -> str:
+    """Where a manifest store's probe results are kept, one object per item (keyed by its content)."""
+    return join(store_root, "probe-cache")
+
+
+def probe_shard(source: str, out: str, index: int, count: int, root: str | None = None, mapping: str | None = None,
+                fmt: str = "auto", transcoded: str | None = None, settings: ProbeSettings = ProbeSettings(),
+                workers: int = 2, storage: Storage | None = None, scratch: str | None = None,
+                progress: Progress = _noop, cancelled: Callable[[], bool] | None = None) -> ProbeStats:
+    """One pod's share of the probe of `run_quality(source, out, ...)`: the rows that run ingests, every
+    `count`-th from `index`, probed into that run's probe cache. The run then finds every item there (the
+    merge), so its manifests are the ones an unsharded run writes; an item already cached (a retried pod)
+    is not probed again. Nothing but cache entries is written: the manifest versions are the run's to write."""
+    storage = storage or Storage()
+    res = ingest(source, root=root, mapping=mapping, fmt=fmt, storage=storage, transcoded=transcoded)
+    rows = share(range(res.table.num_rows), index, count)
+    _, stats = probe_manifest(res.table.take(pa.array(rows, pa.int64())), res.root, storage,
+                              probe_cache(join(out, "manifests")), settings, workers, scratch, progress, cancelled)
+    return stats
 
 
 def step_filter(store: ManifestStore, version: str, rules: str | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from vidtune.platform.errors import FailedPrecondition
 from vidtune.platform.jobs import JobContext
 from vidtune.platform.kinds import JobKind, handlers
+from vidtune.platform.shards import shard_of
 from vidtune.platform.storage import join
 
 from . import pipeline
@@ -60,6 +61,18 @@ def quality_probe(ctx: JobContext) -> dict:
                                    int(spec.get("workers") or DEFAULT_WORKERS), spec.get("cache") or None,
                                    str(ctx.scratch), ctx.progress, ctx.cancelled)
     return {"version": v.id, "manifest": v.uri, "rows": v.rows, "probed": stats.probed, "cached": stats.cached,
+            "undecodable": stats.failed}
+
+
+def quality_probe_shard(ctx: JobContext) -> dict:
+    """A quality.run's probe, one shard of it (a pod of an Indexed Job); the run itself merges the shards."""
+    spec = ctx.spec
+    index, count = shard_of(spec) or (0, 1)
+    stats = pipeline.probe_shard(spec["source"], spec["output"], index, count, root=spec.get("root") or None,
+                                 mapping=spec.get("mapping") or None, transcoded=spec.get("transcoded") or None,
+                                 workers=int(spec.get("workers") or DEFAULT_WORKERS), storage=ctx.storage,
+                                 scratch=str(ctx.scratch), progress=ctx.progress, cancelled=ctx.cancelled)
+    return {"shard_index": index, "shard_count": count, "probed": stats.probed, "cached": stats.cached,
             "undecodable": stats.failed}
 
 
@@ -152,5 +165,7 @@ KINDS = [
     _kind("subset", quality_subset, "SubmitSubset", ("store", "version", "size"), _subset_problems),
     _kind("export", quality_export, "SubmitExport", ("store", "version", "output")),
     _kind("run", quality_run, "SubmitRun", ("source", "output")),
+    # No Submit RPC: the pods of a fanned-out pipeline quality stage run it (vidtune.pipeline.stages).
+    _kind("probe-shard", quality_probe_shard, "", ("source", "output", "shard_count")),
 ]
 HANDLERS = handlers(KINDS)

@@ -18,6 +18,7 @@ from vidtune.platform.access import refusal
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument, JobCancelled, NotFound
 from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import media_type
+from vidtune.platform.shards import interleave, share
 from vidtune.platform.storage import Storage, basename, is_s3, join, normalise
 
 from .encode import encode_image, encode_video
@@ -175,10 +176,10 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
     `shard=(index, count)` keeps every count-th input from index on: one pod's share of an Indexed Job.
     """
     items = list_inputs(storage, inputs)
-    if shard is not None:
-        items = shard_items(items, *shard)
     if not items:
         raise InvalidArgument(f"no media files found in {list(inputs)!r}")
+    if shard is not None:  # a shard may hold no input (more pods than inputs): its report is empty
+        items = shard_items(items, *shard)
     report_uri = report_uri or join(output_root, "_reports", f"transcode-{profile.name}.jsonl")
     results: dict[int, ItemResult] = {}
     total = len(items)
@@ -206,11 +207,21 @@ def run_batch(storage: Storage, inputs: Iterable[str], output_root: str, profile
                     results[i] = r = fut.result()
                     progress(len(results), total, f"{'skipped' if r.skipped else r.status}: {basename(r.input)}")
                 raise JobCancelled(f"cancelled after {len(results)} of {total} inputs")
-    ordered = [results[i] for i in range(total)]
+    return write_report(storage, [results[i] for i in range(total)], report_uri)
+
+
+def write_report(storage: Storage, ordered: list[ItemResult], report_uri: str) -> BatchSummary:
     storage.write_text(report_uri, "".join(r.as_json() + "\n" for r in ordered), "application/x-ndjson")
     ok = sum(r.status == "ok" for r in ordered)
-    return BatchSummary(total=total, ok=ok, failed=total - ok, skipped=sum(r.skipped for r in ordered),
+    return BatchSummary(total=len(ordered), ok=ok, failed=len(ordered) - ok, skipped=sum(r.skipped for r in ordered),
                         report=report_uri, results=ordered)
+
+
+def merge_reports(storage: Storage, shard_reports: list[str], report_uri: str) -> BatchSummary:
+    """The report of the whole batch from its shards' reports (shard i's is the i-th), lines in input order:
+    what one unsharded run writes."""
+    parts = [[ItemResult(**row) for row in storage.read_jsonl(uri)] for uri in shard_reports]
+    return write_report(storage, interleave(parts), report_uri)
 
 
 def require_output(summary: BatchSummary) -> None:
@@ -223,6 +234,4 @@ def require_output(summary: BatchSummary) -> None:
 
 def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
     """Every `count`-th input starting at `index`: the share of one pod of an Indexed Job."""
-    if count < 1 or not 0 <= index < count:
-        raise InvalidArgument(f"shard index {index} is not in [0, {count})")
-    return items[index::count]
+    return share(items, index, count)
