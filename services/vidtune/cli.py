@@ -119,8 +119,8 @@ def cmd_worker(args) -> int:
     import time
     from pathlib import Path
 
-    from vidtune.platform.jobs import (QUEUED, SUCCEEDED, TERMINAL, JobContext, JobStore, StopSignal, acquire,
-                                       execute, lease_alive)
+    from vidtune.platform.jobs import (HANDED_BACK_EXIT_CODE, QUEUED, SUCCEEDED, TERMINAL, JobContext, JobStore,
+                                       StopSignal, acquire, execute, lease_alive)
     from vidtune.platform.access import service_policy
     from vidtune.platform.server import setup_logging
     from vidtune.platform.settings import jobs_root
@@ -159,12 +159,12 @@ def cmd_worker(args) -> int:
                   file=sys.stderr)
             time.sleep(min(5.0, max(0.5, float(os.environ.get("VIDTUNE_LEASE_SECONDS", "30")) / 3)))
         if stop.reason:
-            return 75
+            return HANDED_BACK_EXIT_CODE
     record = execute(lease, handlers[record["kind"]], storage, stop=stop)
     print(json.dumps({"id": record["id"], "state": record["state"], "result": record["result"],
                       "error": record["error"]}, ensure_ascii=False))
     if record["state"] == QUEUED:
-        return 75  # handed back: a retry continues it
+        return HANDED_BACK_EXIT_CODE  # handed back: a retry continues it
     return 0 if record["state"] == SUCCEEDED else 1
 
 

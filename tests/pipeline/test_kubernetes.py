@@ -65,13 +65,28 @@ def test_one_shard_is_one_plain_job(storage, bucket, tmp_path, capsys):
     assert "stages.transcode.shards: expected 1 to 1000, got 0" in capsys.readouterr().err
 
 
-def test_gpu_stages_are_placed_on_gpu_nodes_and_local_work_is_refused(tmp_path, capsys):
+def test_stages_are_placed_by_their_kinds_and_local_work_is_refused(tmp_path, capsys):
+    """GPUs come from each kind's own placement, as when its service launches it: training from its
+    preset's GPU count, generation one GPU (and its pipeline on it), scoring none."""
     settings = ClusterSettings()
-    train = next(s for s in stages.STAGES if s.name == "train")
-    job = manifest(runner.stage_job(train, new_record("train", "train.run", {}), "s3://b/w/train/_spec.json", settings))
-    pod = job["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == str(settings.gpus)
-    assert pod["nodeSelector"] == settings.node_selector
+    by_name = {s.name: s for s in stages.STAGES}
+
+    def pod(stage: str, spec: dict) -> dict:
+        record = new_record(by_name[stage].service, by_name[stage].kind, spec)
+        return manifest(runner.stage_job(by_name[stage], record, f"s3://b/w/{stage}/_spec.json",
+                                         settings))["spec"]["template"]["spec"]
+
+    train = pod("train", {"preset": "v100-2gpu-ti2v-5b-480x832x49", "config": {"weights": "s3://m/Wan2.2-TI2V-5B"},
+                          "dataset": "s3://b/w/export",
+                          "output": "s3://b/w/train"})
+    assert train["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert train["nodeSelector"] == settings.node_selector
+    cpu_train = pod("train", {"preset": "cpu-tiny", "config": {}, "dataset": "s3://b/w/export", "output": "s3://b/w/t"})
+    assert "nvidia.com/gpu" not in str(cpu_train["containers"][0].get("resources"))
+    generate = by_name["generate"].on_cluster({"prompts": "s3://b/p.jsonl"})
+    assert generate["device"] == "cuda"
+    assert pod("generate", generate)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in str(pod("score", {})["containers"][0].get("resources"))
     config = tmp_path / "p.yaml"
     config.write_text(stages.render_yaml("labels/", "archive", str(tmp_path / "work")))
     assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes"]) == 2

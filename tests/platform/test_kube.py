@@ -58,6 +58,11 @@ def test_gpu_job_placement_and_links():
     # the chart's per-worker resources (one GPU by default) scale with the GPUs this job takes
     assert c["resources"]["requests"]["memory"] == "96Gi" and c["resources"]["limits"]["cpu"] == "32"
     assert m["spec"]["backoffLimit"] == 3 and m["spec"]["activeDeadlineSeconds"] == 3600
+    # a drained worker (exit 75) or an evicted pod does not use up a retry; a failure or a hang (124) does
+    rules = m["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "Ignore"
+    assert rules[0]["onExitCodes"] == {"containerName": "worker", "operator": "In", "values": [75]}
+    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert "suspend" not in m["spec"] and "priorityClassName" not in pod
     assert m["spec"]["ttlSecondsAfterFinished"] == 86400
     assert m["metadata"]["labels"][kube.LABEL_JOB_ID] == rec["id"]

@@ -152,19 +152,19 @@ class Submitted:
         return rec.get("result", {})
 
 
-# Stages whose work wants a GPU node on a cluster (the others are CPU work: ffmpeg, probing, copying).
-GPU_STAGES = ("train", "generate", "score")
-
-
 def stage_job(stage: Stage, record: dict, spec_uri: str, settings):
     """The batch/v1 Job that runs one stage: `vidtune worker` creates the job record from the stored spec
-    (so no service needs to be involved) and runs the stage's handler; a retried pod resumes it."""
+    (so no service needs to be involved) and runs the stage's handler; a retried pod resumes it. GPUs,
+    deadline and node choice come from the kind's own placement, as when its service launches it."""
     from vidtune.platform import kube
+    from vidtune.platform.kinds import placement_of
+    from vidtune.registry import module
 
     command = ["vidtune", "worker", "--service", stage.service, "--job-id", record["id"], "--spec", spec_uri,
                "--kind", stage.kind]
-    return kube.worker_job(record, settings, gpus=settings.gpus if stage.name in GPU_STAGES else 0,
-                           command=command, labels={"vidtune.io/pipeline-stage": stage.name})
+    placement = placement_of(module(stage.service, "tasks").KINDS)(record)
+    labels = {**placement.pop("labels", {}), "vidtune.io/pipeline-stage": stage.name}
+    return kube.worker_job(record, settings, command=command, labels=labels, **placement)
 
 
 def shard_spec_uri(p: Pipeline, stage: Stage, index: int | str) -> str:
@@ -205,6 +205,7 @@ class OnKubernetes:
         self.settings = settings or kube.ClusterSettings.from_env()
 
     def run(self, stage: Stage, spec: dict, status: dict, remember: Callable[[dict], None]) -> dict:
+        spec = stage.on_cluster(spec) if stage.on_cluster else spec
         shards = shards_of(stage, self.pipeline, spec)
         if shards > 1:
             self._run_shards(stage, spec, status, remember, shards)
@@ -310,6 +311,7 @@ def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> l
     out, results = [], {}
     for stage in stages_until(until):
         spec = stage.spec(p, results)
+        spec = stage.on_cluster(spec) if stage.on_cluster else spec
         st = load_status(storage, p, stage.name)
         done = bool(st) and st.get("state") == DONE
         results[stage.name] = st["result"] if done else (stage.expected(p) if stage.expected else {})

@@ -123,6 +123,8 @@ class Stage:
     # What the spec of a later stage needs of this stage's result before it has run (for --dry-run): the
     # fields at fixed places below <work>, and a placeholder naming where `pipeline run` finds the others.
     expected: Callable[["Pipeline"], dict] | None = None
+    # The spec as a pod on a cluster runs it (generation: on the GPU its pod holds), shards included.
+    on_cluster: Callable[[dict], dict] | None = None
 
 
 @dataclass
@@ -188,9 +190,9 @@ def _compare(p: Pipeline, results: dict) -> dict:
             "baseline": p.settings["compare"]["baseline"]}
 
 
-def _gpu_shard(spec: dict, index: int, count: int) -> dict:
-    # Each generation pod holds one GPU: its pipeline runs there unless the spec names a device.
-    return {**shard_spec(spec, index, count), "device": spec.get("device") or "cuda"}
+def _on_gpu(spec: dict) -> dict:
+    # A generation pod holds one GPU: its pipeline runs there unless the spec names a device.
+    return {**spec, "device": spec.get("device") or "cuda"}
 
 
 def _expected_quality(p: Pipeline) -> dict:
@@ -210,8 +212,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", "quality", "quality.export", _export, ("SubmitExport", "ExportRequest")),
     Stage("train", "train", "train.run", _train, ("SubmitTrain", "TrainRequest")),
     Stage("generate", "evaluate", "evaluate.generate", _generate, ("SubmitGenerate", "GenerateRequest"),
-          prepare="prompts", fanout=FanOut("evaluate.generate", _gpu_shard,
-                                           _call("vidtune.evaluate.tasks", "merge_generate"), gpus=1)),
+          prepare="prompts", on_cluster=_on_gpu,
+          fanout=FanOut("evaluate.generate", merge=_call("vidtune.evaluate.tasks", "merge_generate"), gpus=1)),
     Stage("score", "evaluate", "evaluate.score", _score, ("SubmitScore", "ScoreRequest"), prepare="reference"),
     Stage("compare", "evaluate", "evaluate.compare", _compare, ("SubmitCompare", "CompareRequest")),
 )

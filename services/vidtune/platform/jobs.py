@@ -89,6 +89,10 @@ def runner_id() -> str:
 
 _NONCE = secrets.token_hex(3)
 
+# A worker that handed its job back (SIGTERM: a drain, a rolling update) exits with this (EX_TEMPFAIL): not a
+# failure, so a Kubernetes Job's podFailurePolicy ignores it and its retry continues the job.
+HANDED_BACK_EXIT_CODE = 75
+
 # A job id names its service, so `vidtune jobs get ID` knows where to ask.
 ID_PREFIXES = {"transcode": "tc", "quality": "qa", "train": "tn", "evaluate": "ev"}
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 from kubernetes import client as k8s
 
 from .errors import InvalidArgument
-from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, grpc_code, now_iso, transition
+from .jobs import FAILED, HANDED_BACK_EXIT_CODE, QUEUED, RUNNING, SUCCEEDED, grpc_code, now_iso, transition
 
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -146,11 +146,24 @@ def build_job(spec: JobSpec) -> k8s.V1Job:
         ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
         completions=spec.completions, parallelism=spec.parallelism,
         completion_mode="Indexed" if spec.indexed else None, suspend=True if spec.queue_name else None,
-        backoff_limit_per_index=spec.backoff_limit_per_index)
+        backoff_limit_per_index=spec.backoff_limit_per_index, pod_failure_policy=handed_back_is_no_failure())
     return k8s.V1Job(api_version="batch/v1", kind="Job",
                      metadata=k8s.V1ObjectMeta(name=k8s_name(spec.name), namespace=spec.namespace or None,
                                                labels=job_labels),
                      spec=job_spec)
+
+
+def handed_back_is_no_failure() -> k8s.V1PodFailurePolicy:
+    """A pod that handed its job back (a drain: exit HANDED_BACK_EXIT_CODE) or was evicted or preempted
+    (the DisruptionTarget condition) does not use up the Job's retries: a node drain is not a failure."""
+    return k8s.V1PodFailurePolicy(rules=[
+        # onPodConditions: [] is required by the 1.28-1.30 schemas beside onExitCodes
+        k8s.V1PodFailurePolicyRule(action="Ignore", on_pod_conditions=[],
+                                   on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+                                       container_name="worker", operator="In", values=[HANDED_BACK_EXIT_CODE])),
+        k8s.V1PodFailurePolicyRule(action="Ignore", on_pod_conditions=[
+            k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")]),
+    ])
 
 
 def per_gpu(command: list[str], gpus: int) -> list[str]:
