@@ -42,9 +42,9 @@ def reference(caption: str | None) -> dict:
             "max_char_run": best, "ngram_repeat_ratio": 1 - len(set(grams)) / len(grams) if grams else 0.0}
 
 
-@pytest.mark.parametrize("chunk_chars", [features.CHUNK_CHARS, 37])
-def test_features_match_the_per_row_definition(monkeypatch, chunk_chars):
-    monkeypatch.setattr(features, "CHUNK_CHARS", chunk_chars)  # small chunks: rows land on every edge
+@pytest.mark.parametrize("chunk_bytes", [features.CHUNK_BYTES, 37])
+def test_features_match_the_per_row_definition(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(features, "CHUNK_BYTES", chunk_bytes)  # small tasks: rows land on every edge
     rng = random.Random(0)
     pool = ["산", "바다", "강", "ㅋㅋㅋ", "!!", "A", "숲길", " ", "  ", "\n", "😀", "漢"]
     captions = HOSTILE + ["".join(rng.choice(pool) for _ in range(rng.randint(0, 30))) for _ in range(200)]
@@ -54,9 +54,9 @@ def test_features_match_the_per_row_definition(monkeypatch, chunk_chars):
             assert got[name][i] == pytest.approx(want), (name, caption)
 
 
-@pytest.mark.parametrize("chunk_chars", [features.CHUNK_CHARS, 5])
-def test_word_types_count_equal_words_once_per_group_and_overall(monkeypatch, chunk_chars):
-    monkeypatch.setattr(features, "CHUNK_CHARS", chunk_chars)  # small chunks: a group's words span chunks
+@pytest.mark.parametrize("chunk_bytes", [features.CHUNK_BYTES, 5])
+def test_word_types_count_equal_words_once_per_group_and_overall(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(features, "CHUNK_BYTES", chunk_bytes)  # small tasks: a group's words span tasks
     caps = pa.array(["산 바다 산", "바다 산맥 산", None, "산맥  산맥", "😀 산"], pa.large_string())
     tokens, types = word_types(caps, np.array([0, 1, 1, 0, 1]), 2)
     assert tokens.tolist() == [5, 5, 10]
