@@ -73,8 +73,8 @@ _KEY40 = np.uint64((1 << 40) - 1)     # distinct words and 3-grams per row are c
 @njit(cache=True, nogil=True)
 def _scan_row(data, start, end, lut, words):
     """One caption's bytes data[start:end] in one pass: decode UTF-8, classify each code point, hash each
-    word. Returns (chars, hangul, special, spaces, longest run, word count, words, ok) with the words' 64-bit
-    hashes in words[:count] (`words` grown when a caption has more words than it holds)."""
+    word. Returns (chars, hangul, special, spaces, longest run, word count, ok) with the words' 64-bit hashes
+    in words[:count]; `words` must hold _max_words(start, end)."""
     chars = hangul = special = spaces = 0
     run = best = 0
     prev = -1
@@ -85,24 +85,14 @@ def _scan_row(data, start, end, lut, words):
     while pos < end:
         # UTF-8: the lead byte says how many continuation bytes (10xxxxxx) follow.
         b = np.int64(data[pos])
-        if b < 0x80:
-            cp, width = b, 1
-        elif b < 0xC2:
-            return chars, hangul, special, spaces, best, count, words, False
-        elif b < 0xE0:
-            cp, width = b & 0x1F, 2
-        elif b < 0xF0:
-            cp, width = b & 0x0F, 3
-        elif b < 0xF5:
-            cp, width = b & 0x07, 4
-        else:
-            return chars, hangul, special, spaces, best, count, words, False
-        if pos + width > end:
-            return chars, hangul, special, spaces, best, count, words, False
+        width = 1 if b < 0x80 else 0 if b < 0xC2 else 2 if b < 0xE0 else 3 if b < 0xF0 else 4 if b < 0xF5 else 0
+        if width == 0 or pos + width > end:
+            return chars, hangul, special, spaces, best, count, False
+        cp = b if width == 1 else b & (0x7F >> width)
         for k in range(1, width):
             c = np.int64(data[pos + k])
             if c & 0xC0 != 0x80:
-                return chars, hangul, special, spaces, best, count, words, False
+                return chars, hangul, special, spaces, best, count, False
             cp = (cp << 6) | (c & 0x3F)
         pos += width
         chars += 1
@@ -115,7 +105,8 @@ def _scan_row(data, start, end, lut, words):
         if bits & _SPACE:  # whitespace ends a word
             spaces += 1
             if in_word:
-                words, count = _push(words, count, h)
+                words[count] = h
+                count += 1
                 in_word = False
         else:  # the word's hash: sum of cp[i] * BASE**i over its code points, so equal words hash alike
             if not in_word:
@@ -123,31 +114,44 @@ def _scan_row(data, start, end, lut, words):
             h += np.uint64(cp) * pw
             pw *= _BASE
     if in_word:
-        words, count = _push(words, count, h)
-    return chars, hangul, special, spaces, best, count, words, True
+        words[count] = h
+        count += 1
+    return chars, hangul, special, spaces, best, count, True
 
 
 @njit(cache=True, nogil=True)
-def _push(buf, count, value):
-    """buf[count] = value, doubling buf when full: memory follows the longest caption, not the table."""
-    if count == buf.size:
-        grown = np.empty(2 * buf.size, buf.dtype)
-        grown[:count] = buf[:count]
-        buf = grown
-    buf[count] = value
-    return buf, count + 1
+def _max_words(start, end):
+    """A word takes a byte and, unless it ends the caption, a separator byte."""
+    return (end - start) // 2 + 1
 
 
 @njit(cache=True, nogil=True)
-def _distinct(keys, count):
-    """Distinct values of keys[:count], by an in-place sort (rows have ~150 words)."""
+def _room(buf, size):
+    """buf, or a larger one when it holds fewer than `size`: memory follows the longest caption only."""
+    return buf if buf.size >= size else np.empty(max(size, 2 * buf.size), buf.dtype)
+
+
+@njit(cache=True, nogil=True)
+def _distinct(keys, count, table):
+    """Distinct values of keys[:count] (40-bit), by an open-addressing set in `table` (at least twice
+    `count` slots, so probes stay short): a row's words are counted without sorting them."""
     if count == 0:
         return 0
-    part = keys[:count]
-    part.sort()
-    n = 1
-    for i in range(1, count):
-        n += part[i] != part[i - 1]
+    size, bits = 2, 1
+    while size < 2 * count:
+        size, bits = 2 * size, bits + 1
+    table[:size] = 0  # 0 is an empty slot; keys are stored plus one
+    mask = np.uint64(size - 1)
+    shift = np.uint64(64 - bits)
+    n = 0
+    for i in range(count):
+        key = keys[i] + np.uint64(1)
+        slot = (key * _BASE) >> shift  # the high bits of a multiplicative hash: keys' low bits mix poorly
+        while table[slot] != 0 and table[slot] != key:
+            slot = (slot + np.uint64(1)) & mask
+        if table[slot] == 0:
+            table[slot] = key
+            n += 1
     return n
 
 
@@ -157,21 +161,24 @@ def _features_kernel(data, offs, lut, lo, hi, counts, repeat):
     repeat[row]; returns the first row that is not valid UTF-8, or -1."""
     words = np.empty(1024, np.uint64)
     grams = np.empty(1024, np.uint64)
+    table = np.empty(4096, np.uint64)
     for r in range(lo, hi):
-        chars, hangul, special, spaces, best, nw, words, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
+        words = _room(words, _max_words(offs[r], offs[r + 1]))
+        chars, hangul, special, spaces, best, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
         if not ok:
             return r
         # Word 3-grams: a polynomial over three consecutive word hashes, taken before keys are cut to 40 bits.
-        ng = 0
-        for i in range(nw - (NGRAM - 1)):
-            g = (words[i] * _BASE + words[i + 1]) * _BASE + words[i + 2]
-            grams, ng = _push(grams, ng, g & _KEY40)
+        grams = _room(grams, nw)
+        table = _room(table, 4 * nw)
+        ng = max(0, nw - (NGRAM - 1))
+        for i in range(ng):
+            grams[i] = ((words[i] * _BASE + words[i + 1]) * _BASE + words[i + 2]) & _KEY40
         for i in range(nw):
             words[i] &= _KEY40
         counts[r, 0], counts[r, 1], counts[r, 2], counts[r, 3] = chars, hangul, special, spaces
-        counts[r, 4], counts[r, 5], counts[r, 6] = best, nw, _distinct(words, nw)
+        counts[r, 4], counts[r, 5], counts[r, 6] = best, nw, _distinct(words, nw, table)
         # Share of the 3-grams that repeat an earlier 3-gram of the same caption.
-        repeat[r] = 1.0 - _distinct(grams, ng) / ng if ng > 0 else 0.0
+        repeat[r] = 1.0 - _distinct(grams, ng, table) / ng if ng > 0 else 0.0
     return -1
 
 
@@ -182,7 +189,8 @@ def _words_kernel(data, offs, lut, lo, hi, out, per_row):
     words = np.empty(1024, np.uint64)
     n = 0
     for r in range(lo, hi):
-        _, _, _, _, _, nw, words, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
+        words = _room(words, _max_words(offs[r], offs[r + 1]))
+        _, _, _, _, _, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
         if not ok:
             return -r - 1
         out[n:n + nw] = words[:nw]
