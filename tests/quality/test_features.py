@@ -61,3 +61,36 @@ def test_word_types_count_equal_words_once_per_group_and_overall(monkeypatch, ch
     tokens, types = word_types(caps, np.array([0, 1, 1, 0, 1]), 2)
     assert tokens.tolist() == [5, 5, 10]
     assert types.tolist() == [3, 4, 4]  # {산, 바다, 산맥}, {바다, 산맥, 산, 😀}, all four
+
+
+def test_a_read_only_package_loads_the_kernels_it_was_built_with_instead_of_compiling(tmp_path):
+    """As in the container image: the package cannot be written, so its kernels (compiled by warm() when
+    the image was built) are copied into a cache below the temporary directory and loaded from there."""
+    import os
+    import subprocess
+    import sys
+
+    features.warm()  # the package's own __pycache__ now holds the compiled kernels, as after the image build
+    code = (
+        "import os, tempfile\n"
+        f"tempfile.tempdir = {str(tmp_path)!r}\n"
+        "real = os.access\n"
+        "os.access = lambda p, mode, **kw: False if mode == os.W_OK and p.endswith('quality') else real(p, mode, **kw)\n"
+        "from vidtune.quality import features as f\n"
+        "f.warm()\n"
+        "s = f._features_kernel.stats\n"
+        "print(sum(s.cache_misses.values()), sum(s.cache_hits.values()), s.cache_path)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=600).stdout.split()
+    assert out[:2] == ["0", "1"], out  # no compile: one kernel loaded from the cache
+    assert out[2].startswith(str(tmp_path / "vidtune-numba-cache")), out
+
+
+def test_a_caption_that_is_not_utf8_is_named():
+    broken = pa.Array.from_buffers(pa.large_string(), 2, [None, pa.py_buffer(np.array([0, 3, 5], np.int64)),
+                                                          pa.py_buffer(b"\xec\x82\xb0\xff\xfe")])
+    with pytest.raises(ValueError, match="row 1 is not valid UTF-8"):
+        caption_features(broken)
+    with pytest.raises(ValueError, match="row 1 is not valid UTF-8"):
+        word_types(broken, np.zeros(2, np.int64), 1)

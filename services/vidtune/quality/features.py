@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 import unicodedata
 
@@ -18,11 +19,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-if not os.environ.get("NUMBA_CACHE_DIR") and not os.access(os.path.dirname(__file__), os.W_OK):
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_READ_ONLY = not os.environ.get("NUMBA_CACHE_DIR") and not os.access(_HERE, os.W_OK)
+if _READ_ONLY:
     # Compiled kernels are cached next to this file; where the package is read-only (the container
-    # image) they go to a temporary directory, so each process compiles at most once per machine.
+    # image) they go to a temporary directory, so a process compiles them only when no other did before.
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "vidtune-numba-cache")
 from numba import njit  # noqa: E402  (after the cache directory is chosen)
+
+
+def _seed_cache() -> None:
+    """Copy the kernels compiled when the image was built (warm() in its __pycache__) into the writable
+    cache, so no process of that image compiles them. Numba checks each entry against this file's stamp
+    and the machine, and compiles when one does not fit."""
+    from numba.core.caching import _CacheLocator
+
+    src = os.path.join(_HERE, "__pycache__")
+    dst = os.path.join(os.environ["NUMBA_CACHE_DIR"], _CacheLocator.get_suitable_cache_subpath(__file__))
+    if not os.path.isdir(src) or os.path.isdir(dst):
+        return
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name.startswith("features.") and name.endswith((".nbi", ".nbc")):
+            part = os.path.join(dst, f".{name}.{os.getpid()}")
+            shutil.copyfile(os.path.join(src, name), part)
+            os.replace(part, os.path.join(dst, name))  # whole files only: processes may seed at once
+
+
+if _READ_ONLY:
+    _seed_cache()
 
 FEATURE_COLUMNS = ("caption_chars", "caption_words", "caption_unique_words", "hangul_ratio",
                    "special_ratio", "max_char_run", "ngram_repeat_ratio")
@@ -301,3 +326,11 @@ def with_features(table: pa.Table) -> pa.Table:
         else:
             table = table.append_column(name, arr)
     return table
+
+
+def warm() -> None:
+    """Compile (or load from the cache) every kernel on one caption: the image build calls it, so the
+    compiled kernels ship in the package's __pycache__."""
+    caps = pa.array(["산 바다"], pa.large_string())
+    caption_features(caps)
+    word_types(caps, np.zeros(1, np.int64), 1)
