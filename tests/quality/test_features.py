@@ -90,7 +90,27 @@ def test_a_read_only_package_loads_the_kernels_it_was_built_with_instead_of_comp
 def test_a_caption_that_is_not_utf8_is_named():
     broken = pa.Array.from_buffers(pa.large_string(), 2, [None, pa.py_buffer(np.array([0, 3, 5], np.int64)),
                                                           pa.py_buffer(b"\xec\x82\xb0\xff\xfe")])
+    beyond_unicode = pa.Array.from_buffers(pa.large_string(), 2, [None, pa.py_buffer(np.array([0, 1, 5], np.int64)),
+                                                                  pa.py_buffer(b"a\xf4\x90\x80\x80")])
     with pytest.raises(ValueError, match="row 1 is not valid UTF-8"):
         caption_features(broken)
     with pytest.raises(ValueError, match="row 1 is not valid UTF-8"):
         word_types(broken, np.zeros(2, np.int64), 1)
+    with pytest.raises(ValueError, match="row 1 is not valid UTF-8"):
+        caption_features(beyond_unicode)  # U+110000: past the class table, so never looked up
+
+
+def test_a_column_in_chunks_gives_the_features_and_word_counts_of_one_array():
+    """Parquet reads give several chunks; slices start inside their buffers. Rows keep their place."""
+    arr = pa.array(HOSTILE * 3, pa.large_string())
+    chunked = pa.chunked_array([arr.slice(0, 7), arr.slice(7, 0), arr.slice(7, 20), arr.slice(27)])
+    whole, got = caption_features(arr), caption_features(pa.table({"caption": chunked}))
+    for name, want in whole.items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    group = np.arange(len(arr)) % 2
+    for a, b in zip(word_types(chunked, group, 2), word_types(arr, group, 2)):
+        np.testing.assert_array_equal(a, b)
+    broken = pa.Array.from_buffers(pa.large_string(), 1, [None, pa.py_buffer(np.array([0, 1], np.int64)),
+                                                          pa.py_buffer(b"\xff")])
+    with pytest.raises(ValueError, match=f"row {len(arr)} is not valid UTF-8"):  # numbered in the table
+        caption_features(pa.chunked_array([arr, broken]))

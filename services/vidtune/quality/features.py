@@ -73,22 +73,34 @@ def _classes() -> np.ndarray:
     return lut
 
 
-def caption_array(table: pa.Table) -> pa.Array:
-    """The captions as one large_string array, nulls as "" (copied only when that needs a copy)."""
+def caption_array(table: pa.Table | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The captions as large_string chunks, nulls as "" (copied only when that needs a copy: chunks are
+    never combined, which would copy every caption)."""
     col = table.column("caption") if isinstance(table, pa.Table) else table
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
     if col.type != pa.large_string():
         col = col.cast(pa.large_string())
     if col.null_count:
-        col = pc.fill_null(col, "")
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        col = pc.fill_null(col, "")  # a null slot may still span bytes
+    return col
 
 
-def _buffers(caps: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(byte offsets of the rows, UTF-8 bytes) of a large_string array, views of its Arrow buffers."""
-    buffers = caps.buffers()
-    offs = np.frombuffer(buffers[1], dtype=np.int64)[caps.offset:caps.offset + len(caps) + 1]
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    return offs, data
+def _tasks(caps: pa.ChunkedArray):
+    """(first row of the chunk, its byte offsets, its UTF-8 bytes, lo, hi) for row ranges [lo, hi) of each
+    chunk holding about CHUNK_BYTES; offsets and bytes are views of the Arrow buffers."""
+    first = 0
+    for chunk in caps.chunks:
+        buffers = chunk.buffers()
+        offs = np.frombuffer(buffers[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        lo = 0
+        while lo < len(chunk):  # a caption longer than CHUNK_BYTES is a range of its own
+            hi = int(np.searchsorted(offs, offs[lo] + CHUNK_BYTES, side="right")) - 1
+            hi = min(len(chunk), max(hi, lo + 1))
+            yield first, offs, data, lo, hi
+            lo = hi
+        first += len(chunk)
 
 
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial word and 3-gram hashes
@@ -119,6 +131,8 @@ def _scan_row(data, start, end, lut, words):
             if c & 0xC0 != 0x80:
                 return chars, hangul, special, spaces, best, count, False
             cp = (cp << 6) | (c & 0x3F)
+        if cp > 0x10FFFF:  # beyond Unicode (and beyond the class table)
+            return chars, hangul, special, spaces, best, count, False
         pos += width
         chars += 1
         bits = lut[cp]
@@ -224,18 +238,6 @@ def _words_kernel(data, offs, lut, lo, hi, out, per_row):
     return n
 
 
-def _row_ranges(offs: np.ndarray, target_bytes: int) -> list[tuple[int, int]]:
-    """Consecutive [lo, hi) row ranges of about target_bytes each (a longer row is a range of its own)."""
-    n = offs.size - 1
-    ranges, lo = [], 0
-    while lo < n:
-        hi = int(np.searchsorted(offs, offs[lo] + target_bytes, side="right")) - 1
-        hi = min(n, max(hi, lo + 1))
-        ranges.append((lo, hi))
-        lo = hi
-    return ranges
-
-
 def _not_utf8(row: int) -> ValueError:
     return ValueError(f"caption of row {row} is not valid UTF-8")
 
@@ -262,21 +264,19 @@ def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.nda
 
     Each chunk of rows reduces its words to their distinct hashes per group before anything is gathered, so
     the corpus's tens of millions of words never sit in one array."""
-    caps = caption_array(caps)
-    offs, data = _buffers(caps)
     lut = _classes()
 
-    def reduce(lo, hi):
+    def reduce(first, offs, data, lo, hi):
         # A word takes a byte and, unless it ends the row, a separator: at most bytes/2 + 1 words per row.
         out = np.empty((int(offs[hi] - offs[lo]) + hi - lo) // 2 + hi - lo, np.uint64)
         per_row = np.empty(hi - lo, np.int64)
         n = _words_kernel(data, offs, lut, lo, hi, out, per_row)
         if n < 0:
-            raise _not_utf8(-n - 1)
-        g = np.repeat(group[lo:hi], per_row)
+            raise _not_utf8(first - n - 1)
+        g = np.repeat(group[first + lo:first + hi], per_row)
         return np.bincount(g, minlength=n_groups), [np.unique(out[:n][g == k]) for k in range(n_groups)]
 
-    parts = _parallel(reduce, _row_ranges(offs, CHUNK_BYTES))
+    parts = _parallel(reduce, _tasks(caption_array(caps)))
     tokens = np.zeros(n_groups + 1, np.int64)
     types = np.zeros(n_groups + 1, np.int64)
     per_group = []
@@ -292,17 +292,17 @@ def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.nda
 def caption_features(table: pa.Table | pa.Array) -> dict[str, np.ndarray]:
     """Every feature column for the captions of `table`, as NumPy arrays of its length."""
     caps = caption_array(table)
-    offs, data = _buffers(caps)
     lut = _classes()
     counts = np.zeros((len(caps), 7), np.int64)
     repeat = np.zeros(len(caps))
 
-    def run(lo, hi):
-        bad = _features_kernel(data, offs, lut, lo, hi, counts, repeat)
+    def run(first, offs, data, lo, hi):
+        end = first + len(offs) - 1  # the chunk's rows, written in place
+        bad = _features_kernel(data, offs, lut, lo, hi, counts[first:end], repeat[first:end])
         if bad >= 0:
-            raise _not_utf8(bad)
+            raise _not_utf8(first + bad)
 
-    _parallel(run, _row_ranges(offs, CHUNK_BYTES))
+    _parallel(run, _tasks(caps))
     chars, hangul, special, spaces, runs, words, unique = counts.T
     non_space = chars - spaces
     denom = np.maximum(non_space, 1)
