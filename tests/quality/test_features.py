@@ -114,3 +114,13 @@ def test_a_column_in_chunks_gives_the_features_and_word_counts_of_one_array():
                                                           pa.py_buffer(b"\xff")])
     with pytest.raises(ValueError, match=f"row {len(arr)} is not valid UTF-8"):  # numbered in the table
         caption_features(pa.chunked_array([arr, broken]))
+
+
+def test_word_types_past_the_first_hash_set_size():
+    """10,000 distinct words in one range of rows: the kernel's set is rehashed several times."""
+    words = [f"w{i}" for i in range(10_000)]
+    caps = pa.array([" ".join(words), " ".join(words[5000:]) + " 새"], pa.large_string())
+    tokens, types = word_types(caps, np.array([0, 1]), 2)
+    assert tokens.tolist() == [10_000, 5001, 15_001]
+    assert types.tolist() == [10_000, 5001, 10_001]
+    assert caption_features(caps)["caption_unique_words"].tolist() == [10_000, 5001]

@@ -222,20 +222,44 @@ def _features_kernel(data, offs, lut, lo, hi, counts, repeat):
 
 
 @njit(cache=True, nogil=True)
-def _words_kernel(data, offs, lut, lo, hi, out, per_row):
-    """Every word's 64-bit hash of rows [lo, hi) into out (in text order) and each row's word count into
-    per_row[row - lo]; returns how many were written, or -(bad row) - 1 for a row that is not UTF-8."""
+def _insert(keys, groups, bits, key, group):
+    """Add (key, group) to the open-addressing set (keys, groups) of 2**bits slots (group -1: empty);
+    returns 1 when it was not there yet."""
+    mask = np.uint64((1 << bits) - 1)
+    slot = (key * _BASE) >> np.uint64(64 - bits)
+    while groups[slot] >= 0:
+        if keys[slot] == key and groups[slot] == group:
+            return 0
+        slot = (slot + np.uint64(1)) & mask
+    keys[slot], groups[slot] = key, group
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def _words_kernel(data, offs, lut, lo, hi, group, tokens):
+    """The distinct (64-bit word hash, group of its row) pairs of rows [lo, hi), with tokens[g] counting the
+    words of group g; returns (hashes, groups, -1), or empty arrays and the first row that is not UTF-8."""
     words = np.empty(1024, np.uint64)
-    n = 0
+    bits, n = 12, 0
+    keys, groups = np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64)
     for r in range(lo, hi):
         words = _room(words, _max_words(offs[r], offs[r + 1]))
         _, _, _, _, _, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
         if not ok:
-            return -r - 1
-        out[n:n + nw] = words[:nw]
-        per_row[r - lo] = nw
-        n += nw
-    return n
+            return keys[:0], groups[:0], r
+        g = group[r]
+        tokens[g] += nw
+        for i in range(nw):
+            if 2 * (n + 1) > 1 << bits:  # at most half full, so probes stay short: rehash into twice the slots
+                old_keys, old_groups = keys, groups
+                bits += 1
+                keys, groups = np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64)
+                for j in range(old_keys.size):
+                    if old_groups[j] >= 0:
+                        _insert(keys, groups, bits, old_keys[j], old_groups[j])
+            n += _insert(keys, groups, bits, words[i], g)
+    used = groups >= 0
+    return keys[used], groups[used], -1
 
 
 def _not_utf8(row: int) -> ValueError:
@@ -262,19 +286,16 @@ def _parallel(fn, items) -> list:
 def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(words, distinct words) of each group of rows (row i in group[i]), and of all rows as entry n_groups.
 
-    Each chunk of rows reduces its words to their distinct hashes per group before anything is gathered, so
-    the corpus's tens of millions of words never sit in one array."""
+    Each range of rows reduces its words to their distinct hashes per group (a hash set in the kernel, no
+    sort) before anything is gathered, so the corpus's tens of millions of words never sit in one array."""
     lut = _classes()
 
     def reduce(first, offs, data, lo, hi):
-        # A word takes a byte and, unless it ends the row, a separator: at most bytes/2 + 1 words per row.
-        out = np.empty((int(offs[hi] - offs[lo]) + hi - lo) // 2 + hi - lo, np.uint64)
-        per_row = np.empty(hi - lo, np.int64)
-        n = _words_kernel(data, offs, lut, lo, hi, out, per_row)
-        if n < 0:
-            raise _not_utf8(first - n - 1)
-        g = np.repeat(group[first + lo:first + hi], per_row)
-        return np.bincount(g, minlength=n_groups), [np.unique(out[:n][g == k]) for k in range(n_groups)]
+        tokens = np.zeros(n_groups, np.int64)
+        keys, groups, bad = _words_kernel(data, offs, lut, lo, hi, group[first:first + len(offs) - 1], tokens)
+        if bad >= 0:
+            raise _not_utf8(first + bad)
+        return tokens, [keys[groups == k] for k in range(n_groups)]
 
     parts = _parallel(reduce, _tasks(caption_array(caps)))
     tokens = np.zeros(n_groups + 1, np.int64)
