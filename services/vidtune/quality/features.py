@@ -171,26 +171,30 @@ def _room(buf, size):
 
 
 @njit(cache=True, nogil=True)
-def _distinct(keys, count, table):
-    """Distinct values of keys[:count] (40-bit), by an open-addressing set in `table` (at least twice
-    `count` slots, so probes stay short): a row's words are counted without sorting them."""
-    if count == 0:
-        return 0
-    size, bits = 2, 1
-    while size < 2 * count:
-        size, bits = 2 * size, bits + 1
-    table[:size] = 0  # 0 is an empty slot; keys are stored plus one
-    mask = np.uint64(size - 1)
-    shift = np.uint64(64 - bits)
+def _insert(keys, groups, bits, key, group):
+    """Add (key, group) to the open-addressing set (keys, groups) of 2**bits slots (group -1: empty);
+    returns 1 when it was not there yet."""
+    mask = np.uint64((1 << bits) - 1)
+    slot = (key * _BASE) >> np.uint64(64 - bits)  # the high bits: the keys' own low bits mix poorly
+    while groups[slot] >= 0:
+        if keys[slot] == key and groups[slot] == group:
+            return 0
+        slot = (slot + np.uint64(1)) & mask
+    keys[slot], groups[slot] = key, group
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def _distinct(keys, count, slot_keys, slot_groups):
+    """Distinct values of keys[:count], in a cleared set of at least twice `count` slots (probes stay
+    short): a row's words are counted without sorting them."""
+    bits = 1
+    while 1 << bits < 2 * count:
+        bits += 1
+    slot_groups[:1 << bits] = -1
     n = 0
     for i in range(count):
-        key = keys[i] + np.uint64(1)
-        slot = (key * _BASE) >> shift  # the high bits of a multiplicative hash: keys' low bits mix poorly
-        while table[slot] != 0 and table[slot] != key:
-            slot = (slot + np.uint64(1)) & mask
-        if table[slot] == 0:
-            table[slot] = key
-            n += 1
+        n += _insert(slot_keys, slot_groups, bits, keys[i], 0)
     return n
 
 
@@ -200,7 +204,7 @@ def _features_kernel(data, offs, lut, lo, hi, counts, repeat):
     repeat[row]; returns the first row that is not valid UTF-8, or -1."""
     words = np.empty(1024, np.uint64)
     grams = np.empty(1024, np.uint64)
-    table = np.empty(4096, np.uint64)
+    slot_keys, slot_groups = np.empty(4096, np.uint64), np.empty(4096, np.int64)
     for r in range(lo, hi):
         words = _room(words, _max_words(offs[r], offs[r + 1]))
         chars, hangul, special, spaces, best, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
@@ -208,31 +212,17 @@ def _features_kernel(data, offs, lut, lo, hi, counts, repeat):
             return r
         # Word 3-grams: a polynomial over three consecutive word hashes, taken before keys are cut to 40 bits.
         grams = _room(grams, nw)
-        table = _room(table, 4 * nw)
+        slot_keys, slot_groups = _room(slot_keys, 4 * nw), _room(slot_groups, 4 * nw)
         ng = max(0, nw - (NGRAM - 1))
         for i in range(ng):
             grams[i] = ((words[i] * _BASE + words[i + 1]) * _BASE + words[i + 2]) & _KEY40
         for i in range(nw):
             words[i] &= _KEY40
         counts[r, 0], counts[r, 1], counts[r, 2], counts[r, 3] = chars, hangul, special, spaces
-        counts[r, 4], counts[r, 5], counts[r, 6] = best, nw, _distinct(words, nw, table)
+        counts[r, 4], counts[r, 5], counts[r, 6] = best, nw, _distinct(words, nw, slot_keys, slot_groups)
         # Share of the 3-grams that repeat an earlier 3-gram of the same caption.
-        repeat[r] = 1.0 - _distinct(grams, ng, table) / ng if ng > 0 else 0.0
+        repeat[r] = 1.0 - _distinct(grams, ng, slot_keys, slot_groups) / ng if ng > 0 else 0.0
     return -1
-
-
-@njit(cache=True, nogil=True)
-def _insert(keys, groups, bits, key, group):
-    """Add (key, group) to the open-addressing set (keys, groups) of 2**bits slots (group -1: empty);
-    returns 1 when it was not there yet."""
-    mask = np.uint64((1 << bits) - 1)
-    slot = (key * _BASE) >> np.uint64(64 - bits)
-    while groups[slot] >= 0:
-        if keys[slot] == key and groups[slot] == group:
-            return 0
-        slot = (slot + np.uint64(1)) & mask
-    keys[slot], groups[slot] = key, group
-    return 1
 
 
 @njit(cache=True, nogil=True)
