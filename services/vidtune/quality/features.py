@@ -273,7 +273,7 @@ def _parallel(fn, items) -> list:
     return out
 
 
-def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def word_types(caps: pa.Array | pa.ChunkedArray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(words, distinct words) of each group of rows (row i in group[i]), and of all rows as entry n_groups.
 
     Each range of rows reduces its words to their distinct hashes per group (a hash set in the kernel, no
@@ -300,7 +300,7 @@ def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.nda
     return tokens, types
 
 
-def caption_features(table: pa.Table | pa.Array) -> dict[str, np.ndarray]:
+def caption_features(table: pa.Table | pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     """Every feature column for the captions of `table`, as NumPy arrays of its length."""
     caps = caption_array(table)
     lut = _classes()
