@@ -8,8 +8,10 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG DEEPSPEED_VERSION=0.19.8
 ARG GRPC_VERSION=1.85.1
+# Numba compiles the caption kernel for any x86-64 CPU, so the cache warm() fills here fits every node.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NUMBA_CPU_NAME=generic \
     PYTHONDONTWRITEBYTECODE=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
@@ -31,7 +33,8 @@ RUN pip install -c constraints.txt "grpcio-tools==${GRPC_VERSION}" \
  && touch services/vidtune/v1/__init__.py \
  && pip install -c constraints.txt . \
  && DS_BUILD_OPS=0 pip install --no-build-isolation -c constraints.txt "deepspeed==${DEEPSPEED_VERSION}" \
- && python -c "import torch, vidtune; from vidtune.v1 import jobs_pb2; assert torch.__version__.startswith('${TORCH_VERSION}')"
+ && python -c "import torch, vidtune; from vidtune.v1 import jobs_pb2; assert torch.__version__.startswith('${TORCH_VERSION}')" \
+ && python -c "from vidtune.quality.features import warm; warm()"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Debian bookworm's ffmpeg/ffprobe (libx264, h264_nvenc). Bump FFMPEG_VERSION when Debian replaces it.
@@ -46,6 +49,7 @@ RUN apt-get update \
 COPY --from=build /opt/vidtune /opt/vidtune
 # Every writable path points at /tmp or the cache dir, so the root filesystem can be read-only.
 ENV PATH=/opt/vidtune/bin:$PATH \
+    NUMBA_CPU_NAME=generic \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/vidtune \

@@ -1,32 +1,61 @@
-"""Per-caption text features, computed for the whole table at once over code points in NumPy.
+"""Per-caption text features, computed by one compiled pass per caption over its UTF-8 bytes.
 
 Rules and statistics both read these columns, so they are computed once and stored in the manifest. The
-captions' UTF-8 bytes are taken straight from the Arrow buffers, decoded once per chunk of rows into a
-uint32 code-point array, and every feature is a mask, a cumulative sum or a sort over that array: no
-per-row Python loop (200,000 captions of ~800 characters take a few seconds).
+captions' bytes are read straight from the Arrow buffers by a numba kernel that decodes, classifies, counts
+and hashes in a single pass (no decoded copy of the text, no per-row Python), on all cores.
 
 Words are whitespace-separated tokens (Korean eojeol), identified by a 64-bit hash of their code points;
 the morphological analysis for content words lives in stats.py because it is far more expensive.
 """
 from __future__ import annotations
 
-import codecs
 import functools
 import os
+import shutil
+import tempfile
 import unicodedata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_READ_ONLY = not os.environ.get("NUMBA_CACHE_DIR") and not os.access(_HERE, os.W_OK)
+if _READ_ONLY:
+    # Compiled kernels are cached next to this file; where the package is read-only (the container
+    # image) they go to a temporary directory, so a process compiles them only when no other did before.
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "vidtune-numba-cache")
+from numba import njit  # noqa: E402  (after the cache directory is chosen)
+
+
+def _seed_cache() -> None:
+    """Copy the kernels compiled when the image was built (warm() in its __pycache__) into the writable
+    cache, so no process of that image compiles them. Numba checks each entry against this file's stamp
+    and the machine, and compiles when one does not fit."""
+    from numba.core.caching import _CacheLocator
+
+    src = os.path.join(_HERE, "__pycache__")
+    dst = os.path.join(os.environ["NUMBA_CACHE_DIR"], _CacheLocator.get_suitable_cache_subpath(__file__))
+    if not os.path.isdir(src) or os.path.isdir(dst):
+        return
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name.startswith("features.") and name.endswith((".nbi", ".nbc")):
+            part = os.path.join(dst, f".{name}.{os.getpid()}")
+            shutil.copyfile(os.path.join(src, name), part)
+            os.replace(part, os.path.join(dst, name))  # whole files only: processes may seed at once
+
+
+if _READ_ONLY:
+    _seed_cache()
+
 FEATURE_COLUMNS = ("caption_chars", "caption_words", "caption_unique_words", "hangul_ratio",
                    "special_ratio", "max_char_run", "ngram_repeat_ratio")
 NGRAM = 3
-CHUNK_CHARS = 1_000_000  # code points decoded at once (~4 MB): keeps the per-chunk sorts in cache
+CHUNK_BYTES = 4_000_000  # bytes of captions per task: enough tasks to keep every core busy
 # Punctuation that ordinary captions use; any other non-letter, non-digit, non-space character is special.
 ORDINARY_PUNCT = set(".,!?'\"()[]-:;%~·…/&+")
 _HANGUL, _SPACE, _SPECIAL = 1, 2, 4
-_MASK64 = (1 << 64) - 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,141 +73,221 @@ def _classes() -> np.ndarray:
     return lut
 
 
-def caption_array(table: pa.Table) -> pa.Array:
-    """The captions as one large_string array, nulls as "" (copied only when that needs a copy)."""
+def caption_array(table: pa.Table | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The captions as large_string chunks, nulls as "" (copied only when that needs a copy: chunks are
+    never combined, which would copy every caption)."""
     col = table.column("caption") if isinstance(table, pa.Table) else table
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
     if col.type != pa.large_string():
         col = col.cast(pa.large_string())
     if col.null_count:
-        col = pc.fill_null(col, "")
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        col = pc.fill_null(col, "")  # a null slot may still span bytes
+    return col
 
 
-def _chunks(caps: pa.Array):
-    """(first row, code points, char offsets of the chunk's rows) for consecutive row ranges."""
-    n = len(caps)
-    if n == 0:
-        return
-    caps = caption_array(caps)  # nulls as "": a null slot may still span bytes
-    buffers = caps.buffers()
-    offs = np.frombuffer(buffers[1], dtype=np.int64)[caps.offset:caps.offset + n + 1]
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    # Character offsets from Arrow's (C++) per-row character counts: no per-byte pass needed.
-    char_offs = np.concatenate(([0], np.cumsum(pc.utf8_length(caps).to_numpy(zero_copy_only=False),
-                                               dtype=np.int64)))
-    row = 0
-    while row < n:
-        # Rows up to ~CHUNK_CHARS characters.
-        stop = int(np.searchsorted(char_offs, char_offs[row] + CHUNK_CHARS, side="right")) - 1
-        stop = min(n, max(stop, row + 1))
-        text = codecs.utf_8_decode(memoryview(data[offs[row]:offs[stop]]), "strict", True)[0]
-        # UTF-16 halves every later pass; a chunk with characters beyond U+FFFF (surrogate pairs) is
-        # decoded to UTF-32 instead, so every code point stays one element.
-        units = text.encode("utf-16-le")
-        cps = np.frombuffer(units, np.uint16) if len(units) == 2 * len(text) else \
-            np.frombuffer(text.encode("utf-32-le"), np.uint32)
-        yield row, cps, char_offs[row:stop + 1] - char_offs[row]
-        row = stop
+def _tasks(caps: pa.ChunkedArray):
+    """(first row of the chunk, its byte offsets, its UTF-8 bytes, lo, hi) for row ranges [lo, hi) of each
+    chunk holding about CHUNK_BYTES; offsets and bytes are views of the Arrow buffers."""
+    first = 0
+    for chunk in caps.chunks:
+        buffers = chunk.buffers()
+        offs = np.frombuffer(buffers[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        lo = 0
+        while lo < len(chunk):  # a caption longer than CHUNK_BYTES is a range of its own
+            hi = int(np.searchsorted(offs, offs[lo] + CHUNK_BYTES, side="right")) - 1
+            hi = min(len(chunk), max(hi, lo + 1))
+            yield first, offs, data, lo, hi
+            lo = hi
+        first += len(chunk)
 
 
-def _row_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Sum of `values` over each row's [start, end) (empty rows give 0), in one pass (no prefix sum)."""
-    n_rows = offsets.size - 1
-    out = np.zeros(n_rows, dtype=np.int64)
-    filled = offsets[1:] > offsets[:-1]
-    if values.size and filled.any():
-        out[filled] = np.add.reduceat(values, offsets[:-1][filled], dtype=np.int64)
-    return out
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial word and 3-gram hashes
+_KEY40 = np.uint64((1 << 40) - 1)     # distinct words and 3-grams per row are counted on 40 bits of the hash
 
 
-_BASE = 0x9E3779B97F4A7C15          # odd, so it has an inverse modulo 2**64
-_BASE_INV = pow(_BASE, -1, 1 << 64)
+@njit(cache=True, nogil=True)
+def _scan_row(data, start, end, lut, words):
+    """One caption's bytes data[start:end] in one pass: decode UTF-8, classify each code point, hash each
+    word. Returns (chars, hangul, special, spaces, longest run, word count, ok) with the words' 64-bit hashes
+    in words[:count]; `words` must hold _max_words(start, end)."""
+    chars = hangul = special = spaces = 0
+    run = best = 0
+    prev = -1
+    count = 0
+    in_word = False
+    h = pw = np.uint64(0)
+    pos = start
+    while pos < end:
+        # UTF-8: the lead byte says how many continuation bytes (10xxxxxx) follow.
+        b = np.int64(data[pos])
+        width = 1 if b < 0x80 else 0 if b < 0xC2 else 2 if b < 0xE0 else 3 if b < 0xF0 else 4 if b < 0xF5 else 0
+        if width == 0 or pos + width > end:
+            return chars, hangul, special, spaces, best, count, False
+        cp = b if width == 1 else b & (0x7F >> width)
+        for k in range(1, width):
+            c = np.int64(data[pos + k])
+            if c & 0xC0 != 0x80:
+                return chars, hangul, special, spaces, best, count, False
+            cp = (cp << 6) | (c & 0x3F)
+        if cp > 0x10FFFF:  # beyond Unicode (and beyond the class table)
+            return chars, hangul, special, spaces, best, count, False
+        pos += width
+        chars += 1
+        bits = lut[cp]
+        hangul += (bits & _HANGUL) > 0
+        special += (bits & _SPECIAL) > 0
+        run = run + 1 if cp == prev else 1  # runs of one repeated code point ('ㅋㅋㅋ', '!!!!')
+        best = max(best, run)
+        prev = cp
+        if bits & _SPACE:  # whitespace ends a word
+            spaces += 1
+            if in_word:
+                words[count] = h
+                count += 1
+                in_word = False
+        else:  # the word's hash: sum of cp[i] * BASE**i over its code points, so equal words hash alike
+            if not in_word:
+                in_word, h, pw = True, np.uint64(0), np.uint64(1)
+            h += np.uint64(cp) * pw
+            pw *= _BASE
+    if in_word:
+        words[count] = h
+        count += 1
+    return chars, hangul, special, spaces, best, count, True
 
 
-@functools.lru_cache(maxsize=4)
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """BASE**i and BASE**-i modulo 2**64 for i < n (n rounded up so few sizes are ever built)."""
-    pw, inv = np.empty(n, np.uint64), np.empty(n, np.uint64)
-    pw[0] = inv[0] = 1
-    step, step_inv = np.uint64(_BASE), np.uint64(_BASE_INV)
-    with np.errstate(over="ignore"):
-        filled = 1
-        while filled < n:  # doubling: pw[k + filled] = pw[k] * BASE**filled
-            take = min(filled, n - filled)
-            pw[filled:filled + take] = pw[:take] * step
-            inv[filled:filled + take] = inv[:take] * step_inv
-            step, step_inv = step * step, step_inv * step_inv
-            filled += take
-    return pw, inv
+@njit(cache=True, nogil=True)
+def _max_words(start, end):
+    """A word takes a byte and, unless it ends the caption, a separator byte."""
+    return (end - start) // 2 + 1
 
 
-def _chunk_words(cps: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each word, 64-bit hash of each word) for one chunk, in text order.
-
-    A word's hash is a polynomial over its code points taken from one prefix sum: sum(c[i] * B**i) over
-    [start, end), times B**-start, so equal words hash alike wherever they stand."""
-    if cps.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    boundary = np.zeros(cps.size + 1, bool)  # a word cannot run over a row's end
-    boundary[offsets] = True
-    edge = np.empty(cps.size + 1, bool)  # is position i a word start (or a word end, below)?
-    edge[0] = ~space[0]
-    np.logical_and(~space[1:], space[:-1] | boundary[1:-1], out=edge[1:-1])
-    edge[-1] = False
-    starts = np.flatnonzero(edge[:-1])
-    edge[1:] = ~space & (np.append(space[1:], True) | boundary[1:])
-    edge[0] = False
-    ends = np.flatnonzero(edge)
-    pw, inv = _powers(1 << max(10, int(cps.size).bit_length()))
-    with np.errstate(over="ignore"):
-        prefix = np.empty(cps.size + 1, np.uint64)
-        prefix[0] = 0
-        np.multiply(cps, pw[:cps.size], out=prefix[1:], dtype=np.uint64)
-        np.cumsum(prefix[1:], out=prefix[1:])
-        h = (prefix[ends] - prefix[starts]) * inv[starts]
-    # Words are in row order: count each row's words (few rows to look up), then repeat its number.
-    per_row = np.diff(np.searchsorted(starts, offsets))
-    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), per_row), h
+@njit(cache=True, nogil=True)
+def _room(buf, size):
+    """buf, or a larger one when it holds fewer than `size`: memory follows the longest caption only."""
+    return buf if buf.size >= size else np.empty(max(size, 2 * buf.size), buf.dtype)
 
 
-def _parallel(fn, chunks) -> list:
-    """fn(*chunk) for every chunk on all cores (NumPy's kernels release the GIL, so threads overlap), with
-    few chunks in flight so the decoded text never sits in memory all at once."""
+@njit(cache=True, nogil=True)
+def _insert(keys, groups, bits, key, group):
+    """Add (key, group) to the open-addressing set (keys, groups) of 2**bits slots (group -1: empty);
+    returns 1 when it was not there yet."""
+    mask = np.uint64((1 << bits) - 1)
+    slot = (key * _BASE) >> np.uint64(64 - bits)  # the high bits: the keys' own low bits mix poorly
+    while groups[slot] >= 0:
+        if keys[slot] == key and groups[slot] == group:
+            return 0
+        slot = (slot + np.uint64(1)) & mask
+    keys[slot], groups[slot] = key, group
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def _distinct(keys, count, slot_keys, slot_groups):
+    """Distinct values of keys[:count], in a cleared set of at least twice `count` slots (probes stay
+    short): a row's words are counted without sorting them."""
+    bits = 1
+    while 1 << bits < 2 * count:
+        bits += 1
+    slot_groups[:1 << bits] = -1
+    n = 0
+    for i in range(count):
+        n += _insert(slot_keys, slot_groups, bits, keys[i], 0)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _features_kernel(data, offs, lut, lo, hi, counts, repeat):
+    """Features of rows [lo, hi) into counts[row] (chars, hangul, special, spaces, run, words, unique) and
+    repeat[row]; returns the first row that is not valid UTF-8, or -1."""
+    words = np.empty(1024, np.uint64)
+    grams = np.empty(1024, np.uint64)
+    slot_keys, slot_groups = np.empty(4096, np.uint64), np.empty(4096, np.int64)
+    for r in range(lo, hi):
+        words = _room(words, _max_words(offs[r], offs[r + 1]))
+        chars, hangul, special, spaces, best, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
+        if not ok:
+            return r
+        # Word 3-grams: a polynomial over three consecutive word hashes, taken before keys are cut to 40 bits.
+        grams = _room(grams, nw)
+        slot_keys, slot_groups = _room(slot_keys, 4 * nw), _room(slot_groups, 4 * nw)
+        ng = max(0, nw - (NGRAM - 1))
+        for i in range(ng):
+            grams[i] = ((words[i] * _BASE + words[i + 1]) * _BASE + words[i + 2]) & _KEY40
+        for i in range(nw):
+            words[i] &= _KEY40
+        counts[r, 0], counts[r, 1], counts[r, 2], counts[r, 3] = chars, hangul, special, spaces
+        counts[r, 4], counts[r, 5], counts[r, 6] = best, nw, _distinct(words, nw, slot_keys, slot_groups)
+        # Share of the 3-grams that repeat an earlier 3-gram of the same caption.
+        repeat[r] = 1.0 - _distinct(grams, ng, slot_keys, slot_groups) / ng if ng > 0 else 0.0
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _words_kernel(data, offs, lut, lo, hi, group, tokens):
+    """The distinct (64-bit word hash, group of its row) pairs of rows [lo, hi), with tokens[g] counting the
+    words of group g; returns (hashes, groups, -1), or empty arrays and the first row that is not UTF-8."""
+    words = np.empty(1024, np.uint64)
+    bits, n = 12, 0
+    keys, groups = np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64)
+    for r in range(lo, hi):
+        words = _room(words, _max_words(offs[r], offs[r + 1]))
+        _, _, _, _, _, nw, ok = _scan_row(data, offs[r], offs[r + 1], lut, words)
+        if not ok:
+            return keys[:0], groups[:0], r
+        g = group[r]
+        tokens[g] += nw
+        for i in range(nw):
+            if 2 * (n + 1) > 1 << bits:  # at most half full, so probes stay short: rehash into twice the slots
+                old_keys, old_groups = keys, groups
+                bits += 1
+                keys, groups = np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64)
+                for j in range(old_keys.size):
+                    if old_groups[j] >= 0:
+                        _insert(keys, groups, bits, old_keys[j], old_groups[j])
+            n += _insert(keys, groups, bits, words[i], g)
+    used = groups >= 0
+    return keys[used], groups[used], -1
+
+
+def _not_utf8(row: int) -> ValueError:
+    return ValueError(f"caption of row {row} is not valid UTF-8")
+
+
+def _parallel(fn, items) -> list:
+    """fn(*item) for every item on all cores (the kernels and NumPy's sorts release the GIL, so threads
+    overlap), with few items in flight so their outputs never sit in memory all at once."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     workers = max(1, min(4, os.cpu_count() or 1))
     out, pending = [], deque()
     with ThreadPoolExecutor(workers) as pool:
-        for chunk in chunks:
-            pending.append(pool.submit(fn, *chunk))
+        for item in items:
+            pending.append(pool.submit(fn, *item))
             if len(pending) >= 2 * workers:
                 out.append(pending.popleft().result())
         out.extend(f.result() for f in pending)
     return out
 
 
-def _per_chunk_words(caps: pa.Array, reduce) -> list:
-    """reduce(row of each word, hash of each word) for every chunk of captions, on all cores."""
-    lut = _classes()
-
-    def one(first_row, cps, offsets):
-        r, h = _chunk_words(cps, offsets, (lut[cps] & _SPACE) > 0)
-        return reduce(r + first_row, h)
-
-    return _parallel(one, _chunks(caps))
-
-
-def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def word_types(caps: pa.Array | pa.ChunkedArray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(words, distinct words) of each group of rows (row i in group[i]), and of all rows as entry n_groups.
 
-    Each chunk reduces its words to their distinct hashes per group before anything is gathered, so the
-    corpus's tens of millions of words never sit in one array."""
-    def reduce(rows, h):
-        g = group[rows]
-        return np.bincount(g, minlength=n_groups), [np.unique(h[g == k]) for k in range(n_groups)]
+    Each range of rows reduces its words to their distinct hashes per group (a hash set in the kernel, no
+    sort) before anything is gathered, so the corpus's tens of millions of words never sit in one array."""
+    lut = _classes()
 
-    parts = _per_chunk_words(caps, reduce)
+    def reduce(first, offs, data, lo, hi):
+        tokens = np.zeros(n_groups, np.int64)
+        keys, groups, bad = _words_kernel(data, offs, lut, lo, hi, group[first:first + len(offs) - 1], tokens)
+        if bad >= 0:
+            raise _not_utf8(first + bad)
+        return tokens, [keys[groups == k] for k in range(n_groups)]
+
+    parts = _parallel(reduce, _tasks(caption_array(caps)))
     tokens = np.zeros(n_groups + 1, np.int64)
     types = np.zeros(n_groups + 1, np.int64)
     per_group = []
@@ -191,104 +300,31 @@ def word_types(caps: pa.Array, group: np.ndarray, n_groups: int) -> tuple[np.nda
     return tokens, types
 
 
-def _distinct_per_row(rows: np.ndarray, keys: np.ndarray, n_rows: int) -> np.ndarray:
-    """How many distinct keys each row has. Rows are chunk-local (< 2**24), so (row, 40 bits of the key)
-    packs into one uint64 and a plain sort (no argsort) finds the distinct pairs."""
-    if keys.size == 0:
-        return np.zeros(n_rows, dtype=np.int64)
-    packed = np.sort((rows.astype(np.uint64) << np.uint64(40)) | (keys & np.uint64((1 << 40) - 1)))
-    first = np.empty(packed.size, bool)
-    first[0] = True
-    np.not_equal(packed[1:], packed[:-1], out=first[1:])
-    return np.bincount((packed[first] >> np.uint64(40)).astype(np.int64), minlength=n_rows)
-
-
-def _max_runs(cps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Longest run of one repeated character per row (e.g. 'ㅋㅋㅋㅋㅋ' or '!!!!!!')."""
-    n_rows = offsets.size - 1
-    out = np.minimum(np.diff(offsets), 1)
-    if cps.size < 2:
-        return out
-    same = cps[1:] == cps[:-1]
-    ends = offsets[1:-1] - 1  # a run never crosses into the next row
-    same[ends[(ends >= 0) & (ends < same.size)]] = False
-    pos = np.flatnonzero(same)  # i where c[i + 1] repeats c[i]: few in text, so the rest is cheap
-    if pos.size:
-        new_run = np.empty(pos.size, bool)
-        new_run[0] = True
-        np.not_equal(pos[1:], pos[:-1] + 1, out=new_run[1:])
-        run_starts = np.flatnonzero(new_run)
-        lengths = np.diff(np.append(run_starts, pos.size)) + 1
-        rows = np.searchsorted(offsets, pos[run_starts], side="right") - 1
-        np.maximum.at(out, rows, lengths)
-    return out[:n_rows]
-
-
-# Per class bits: hangul, special and space counts packed in one int64 (21 bits each), summed per row at once.
-_FIELD = 21
-
-
-@functools.lru_cache(maxsize=1)
-def _packed_weights() -> np.ndarray:
-    w = np.zeros(256, np.int64)
-    for bits in range(256):
-        w[bits] = ((bits & _HANGUL) > 0) + (((bits & _SPECIAL) > 0) << _FIELD) + (((bits & _SPACE) > 0) << 2 * _FIELD)
-    return w
-
-
-def _chunk_features(first: int, cps: np.ndarray, offsets: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
-    m = offsets.size - 1
-    lut = _classes()
-    cls = lut[cps]
-    space = (cls & _SPACE) > 0
-    lengths = np.diff(offsets)
-    if lengths.max(initial=0) < 1 << _FIELD:
-        packed = _row_sums(_packed_weights()[cls], offsets)
-        mask = (1 << _FIELD) - 1
-        hangul, special, spaces = packed & mask, (packed >> _FIELD) & mask, packed >> 2 * _FIELD
-    else:  # a caption of 2 million characters or more: one sum per class
-        hangul, special, spaces = (_row_sums(((cls & b) > 0).view(np.int8), offsets)
-                                   for b in (_HANGUL, _SPECIAL, _SPACE))
-    rows, codes = _chunk_words(cps, offsets, space)
-    words = np.bincount(rows, minlength=m)
-    repeat = np.zeros(m)
-    # n-gram repetition: share of a caption's word 3-grams that repeat an earlier 3-gram of it.
-    if rows.size >= NGRAM:
-        ok = rows[:-(NGRAM - 1)] == rows[NGRAM - 1:]
-        grow = rows[:-(NGRAM - 1)][ok]
-        grams = np.zeros(grow.size, np.uint64)
-        with np.errstate(over="ignore"):
-            for i in range(NGRAM):  # a polynomial over the words' hashes
-                grams = grams * np.uint64(_BASE) + codes[i:codes.size - (NGRAM - 1) + i][ok]
-        total = np.bincount(grow, minlength=m)
-        distinct = _distinct_per_row(grow, grams, m)
-        repeat = np.where(total > 0, 1.0 - distinct / np.maximum(total, 1), 0.0)
-    return first, {"chars": lengths, "hangul": hangul, "special": special, "spaces": spaces,
-                   "runs": _max_runs(cps, offsets), "words": words,
-                   "unique": _distinct_per_row(rows, codes, m), "repeat": repeat}
-
-
-def caption_features(table: pa.Table | pa.Array) -> dict[str, np.ndarray]:
+def caption_features(table: pa.Table | pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     """Every feature column for the captions of `table`, as NumPy arrays of its length."""
     caps = caption_array(table)
-    n = len(caps)
-    out = {k: np.zeros(n, np.int64) for k in ("chars", "hangul", "special", "spaces", "runs", "words", "unique")}
-    out["repeat"] = np.zeros(n)
-    for first, part in _parallel(_chunk_features, _chunks(caps)):
-        sl = slice(first, first + part["chars"].size)
-        for k, v in part.items():
-            out[k][sl] = v
-    chars = out["chars"]
-    non_space = chars - out["spaces"]
+    lut = _classes()
+    counts = np.zeros((len(caps), 7), np.int64)
+    repeat = np.zeros(len(caps))
+
+    def run(first, offs, data, lo, hi):
+        end = first + len(offs) - 1  # the chunk's rows, written in place
+        bad = _features_kernel(data, offs, lut, lo, hi, counts[first:end], repeat[first:end])
+        if bad >= 0:
+            raise _not_utf8(first + bad)
+
+    _parallel(run, _tasks(caps))
+    chars, hangul, special, spaces, runs, words, unique = counts.T
+    non_space = chars - spaces
     denom = np.maximum(non_space, 1)
     return {
-        "caption_chars": chars,
-        "caption_words": out["words"],
-        "caption_unique_words": out["unique"],
-        "hangul_ratio": np.where(non_space > 0, out["hangul"] / denom, 0.0),
-        "special_ratio": np.where(non_space > 0, out["special"] / denom, 0.0),
-        "max_char_run": out["runs"],
-        "ngram_repeat_ratio": out["repeat"],
+        "caption_chars": chars.copy(),
+        "caption_words": words.copy(),
+        "caption_unique_words": unique.copy(),
+        "hangul_ratio": np.where(non_space > 0, hangul / denom, 0.0),
+        "special_ratio": np.where(non_space > 0, special / denom, 0.0),
+        "max_char_run": runs.copy(),
+        "ngram_repeat_ratio": repeat,
     }
 
 
@@ -301,3 +337,11 @@ def with_features(table: pa.Table) -> pa.Table:
         else:
             table = table.append_column(name, arr)
     return table
+
+
+def warm() -> None:
+    """Compile (or load from the cache) every kernel on one caption: the image build calls it, so the
+    compiled kernels ship in the package's __pycache__."""
+    caps = pa.array(["산 바다"], pa.large_string())
+    caption_features(caps)
+    word_types(caps, np.zeros(1, np.int64), 1)

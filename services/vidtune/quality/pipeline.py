@@ -22,7 +22,7 @@ from vidtune.platform.storage import Storage, join
 from . import dataset
 from .features import FEATURE_COLUMNS, with_features
 from .ingest import ingest
-from .manifest import ManifestStore, Version, content_hash, write_table
+from .manifest import ManifestStore, Version, content_hash
 from .probe import ProbeSettings, ProbeStats, probe_manifest
 from .rules import FilterResult, apply_rules, load_rules, parse_rules
 from .stats import CONTENT_SAMPLE, write_stats
@@ -216,8 +216,9 @@ def run_quality(source: str, out: str, rules: str | None = None, root: str | Non
     t = time.monotonic()
     progress(0, 0, "filter")
     clean, rejected, frep = step_filter(store, current, rules, rule_overrides)
-    write_table(store.load(clean.id), join(out, "clean.parquet"), storage)
-    write_table(store.load(rejected.id), join(out, "rejected.parquet"), storage)
+    for version, name in ((clean, "clean.parquet"), (rejected, "rejected.parquet")):
+        # The stored version already is that Parquet file: its bytes are copied, not decoded and re-encoded.
+        storage.write_bytes(join(out, name), store.storage.read_bytes(version.uri), "application/vnd.apache.parquet")
     filter_uris = filter_report(frep, out, storage, ing.record.get("ingest_errors"))
     timings["filter"] = time.monotonic() - t
     final = clean.id

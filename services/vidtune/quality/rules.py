@@ -18,6 +18,7 @@ the probe scores (blur, motion, black_ratio, frozen_ratio, scene_cuts, file_size
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -198,9 +199,20 @@ def effective_columns(table: pa.Table) -> dict[str, np.ndarray]:
 
 @dataclass
 class FilterResult:
-    clean: pa.Table
-    rejected: pa.Table
+    """The split of `table`. `clean` and `rejected` are taken from it on first use, so a caller that needs
+    only one of them (the statistics read clean rows only) never copies the other's captions."""
+    table: pa.Table
+    rejected_mask: np.ndarray
+    reasons: pa.Array  # of each rejected row, in row order
     report: dict
+
+    @functools.cached_property
+    def clean(self) -> pa.Table:
+        return self.table.filter(pa.array(~self.rejected_mask))
+
+    @functools.cached_property
+    def rejected(self) -> pa.Table:
+        return self.table.filter(pa.array(self.rejected_mask)).append_column("reasons", self.reasons)
 
 
 def _fmt(v: float) -> str:
@@ -322,17 +334,15 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     texts = pa.array([t for _, _, ts in found for t in ts], pa.string())
     offsets = np.concatenate(([0], np.cumsum(hits[rejected_mask]))).astype(np.int32)
     reasons = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(np.argsort(rows, kind="stable"))))
-    clean = table.filter(pa.array(~rejected_mask))
-    rejected = table.filter(pa.array(rejected_mask)).append_column("reasons", reasons)
     only = {name: int(np.sum(hits[idx] == 1)) for name, idx, _ in found}
+    n_rejected = int(rejected_mask.sum())
     report = {
-        "rows_in": n, "clean": clean.num_rows, "rejected": rejected.num_rows,
+        "rows_in": n, "clean": n - n_rejected, "rejected": n_rejected,
         "rules": [{"name": r.name, "type": r.type, "check": r.describe(), "enabled": r.enabled,
                    "rejected": counts.get(r.name, 0), "only_reason": only.get(r.name, 0),
                    "skipped": skipped.get(r.name)} for r in rules.rules],
     }
-    assert report["rows_in"] == report["clean"] + report["rejected"]
-    return FilterResult(clean, rejected, report)
+    return FilterResult(table, rejected_mask, reasons, report)
 
 
 def near_duplicates(hashes: list[str | None], max_distance: int,
