@@ -151,11 +151,16 @@ def cmd_submit(args) -> int:
 
 def cmd_presets(args) -> int:
     for row in describe_presets():
-        est = row["estimate"]
+        est, cache = row["estimate"], row["caching"]
+        turns = "in turns" if cache["offload"] else "together"
         print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "
-              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} estimated {est['total_gb']:.1f} GB/GPU "
-              f"(weights {est['weights_gb']:.1f} + LoRA/optimizer {est['lora_gb']:.1f} + activations "
-              f"{est['activations_gb']:.1f} at {est['tokens']} tokens + runtime {est['runtime_gb']:.1f})")
+              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} nodes={row['nodes']}\n"
+              f"    training: estimated {est['total_gb']:.1f} GB/GPU (weights {est['weights_gb']:.1f} + "
+              f"LoRA/optimizer {est['lora_gb']:.1f} + activations {est['activations_gb']:.1f} at {est['tokens']} "
+              f"tokens + runtime {est['runtime_gb']:.1f})\n"
+              f"    caching:  estimated {cache['total_gb']:.1f} GB/GPU (umT5 {cache['text_encoder_gb']:.1f} + "
+              f"{cache['text_activations_gb']:.1f} activations, VAE {cache['vae_gb']:.1f} + "
+              f"{cache['vae_activations_gb']:.1f} activations{' on tiles' if row['vae_tiled'] else ''}, {turns})")
     return 0
 
 
