@@ -81,3 +81,27 @@ def make_accelerator(cfg: TrainConfig):
     # Weights already live in the training dtype, so no autocast on top.
     return Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=handlers,
                        gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+
+
+# Kubeflow Trainer's torch runtime sets these on every node's container (its constants.TorchEnv*).
+PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
+
+def torchrun_command(command: list[str], env: dict | None = None) -> list[str]:
+    """`command` under torchrun, one process per GPU of this node, with the nodes, this node's rank and the
+    rendezvous taken from the PET_* variables. The static rendezvous keeps node ranks as the JobSet's
+    completion indexes give them, so node 0 holds global rank 0 (which writes the run's results)."""
+    from ..platform.errors import InvalidArgument
+
+    env = os.environ if env is None else env
+    missing = [k for k in PET_ENV if not str(env.get(k, "")).strip()]
+    if missing:
+        raise InvalidArgument(f"torchrun launch needs {', '.join(missing)} (set by Kubeflow Trainer's torch runtime)")
+    nnodes, nproc, rank = (int(env[k]) for k in PET_ENV[:3])
+    if not 0 <= rank < nnodes or nproc < 1:
+        raise InvalidArgument(f"PET_NODE_RANK={rank} with PET_NNODES={nnodes}, PET_NPROC_PER_NODE={nproc}: "
+                              "need 0 <= rank < nodes and at least one process per node")
+    endpoint = f"{env['PET_MASTER_ADDR']}:{int(env['PET_MASTER_PORT'])}"
+    return ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--node-rank={rank}",
+            "--rdzv-backend=static", f"--rdzv-endpoint={endpoint}", f"--master-addr={env['PET_MASTER_ADDR']}",
+            f"--master-port={int(env['PET_MASTER_PORT'])}", "--no-python", *command]
