@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from .config import TrainConfig
 
@@ -102,6 +103,7 @@ def torchrun_command(command: list[str], env: dict | None = None) -> list[str]:
         raise InvalidArgument(f"PET_NODE_RANK={rank} with PET_NNODES={nnodes}, PET_NPROC_PER_NODE={nproc}: "
                               "need 0 <= rank < nodes and at least one process per node")
     endpoint = f"{env['PET_MASTER_ADDR']}:{int(env['PET_MASTER_PORT'])}"
-    return ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--node-rank={rank}",
+    # torchrun as this interpreter's module: the launcher and the ranks share one environment.
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--node-rank={rank}",
             "--rdzv-backend=static", f"--rdzv-endpoint={endpoint}", f"--master-addr={env['PET_MASTER_ADDR']}",
             f"--master-port={int(env['PET_MASTER_PORT'])}", "--no-python", *command]
