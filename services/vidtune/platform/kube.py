@@ -424,8 +424,8 @@ TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
 TRAINJOB_RUNTIME = "torch-distributed"       # the ClusterTrainingRuntime Kubeflow Trainer ships
 TRAINJOB_NODE = "node"                       # the runtime's replicated job and container name
 # The chart's ConfigMap keys: a TrainJob's container patch takes env, not envFrom.
-ENV_CONFIG_KEYS = ("VIDTUNE_S3_ENDPOINT", "VIDTUNE_S3_REGION", "VIDTUNE_BUCKET", "VIDTUNE_JOBS_ROOT", "VIDTUNE_S3_BUCKETS",
-                   "VIDTUNE_S3_PREFIX", "VIDTUNE_CREATE_BUCKETS", "VIDTUNE_LOG_FORMAT", "VIDTUNE_CACHE_DIR")
+ENV_CONFIG_KEYS = ("VIDTUNE_S3_ENDPOINT", "VIDTUNE_S3_REGION", "VIDTUNE_BUCKET", "VIDTUNE_JOBS_ROOT",
+                   "VIDTUNE_S3_BUCKETS", "VIDTUNE_S3_PREFIX", "VIDTUNE_CREATE_BUCKETS", "VIDTUNE_LOG_FORMAT", "VIDTUNE_CACHE_DIR")
 
 
 def build_trainjob(job: k8s.V1Job, command: list[str], nodes: int, gpus: int, runtime: str = TRAINJOB_RUNTIME) -> dict:

@@ -74,8 +74,8 @@ class TrainConfig:
     num_gpus: int = 0
     base_weights_fp8: bool = False         # frozen DiT Linear weights stored in fp8 e4m3 (scaled per row)
     # memory and multi-node options (memory.py models their effect; `vidtune train presets` prints it)
-    cache_offload: bool = False            # caching stage: umT5 and the VAE take turns on the GPU, the idle one in CPU memory
-    cache_text_chunk: int = 256            # prompts umT5 encodes per turn (their embeddings wait in CPU memory, trimmed)
+    cache_offload: bool = False            # caching: umT5 and the VAE take turns on the GPU, the idle one in CPU RAM
+    cache_text_chunk: int = 256            # prompts umT5 encodes per turn (their embeddings wait in CPU RAM)
     vae_tiled: bool = False                # caching stage: the VAE encodes overlapping spatial tiles, blended
     vae_tile_size: int = 16                # tile side in latent cells (x the VAE stride in pixels)
     vae_tile_stride: int = 12              # tile step in latent cells (size - stride cells are blended)

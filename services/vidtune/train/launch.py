@@ -98,12 +98,15 @@ def torchrun_command(command: list[str], env: dict | None = None) -> list[str]:
     missing = [k for k in PET_ENV if not str(env.get(k, "")).strip()]
     if missing:
         raise InvalidArgument(f"torchrun launch needs {', '.join(missing)} (set by Kubeflow Trainer's torch runtime)")
-    nnodes, nproc, rank = (int(env[k]) for k in PET_ENV[:3])
+    try:
+        nnodes, nproc, rank, port = (int(env[k]) for k in (*PET_ENV[:3], "PET_MASTER_PORT"))
+    except ValueError:
+        raise InvalidArgument(f"PET_* variables must be whole numbers: {[env[k] for k in PET_ENV]}") from None
     if not 0 <= rank < nnodes or nproc < 1:
         raise InvalidArgument(f"PET_NODE_RANK={rank} with PET_NNODES={nnodes}, PET_NPROC_PER_NODE={nproc}: "
                               "need 0 <= rank < nodes and at least one process per node")
-    endpoint = f"{env['PET_MASTER_ADDR']}:{int(env['PET_MASTER_PORT'])}"
+    addr = env["PET_MASTER_ADDR"]
     # torchrun as this interpreter's module: the launcher and the ranks share one environment.
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--node-rank={rank}",
-            "--rdzv-backend=static", f"--rdzv-endpoint={endpoint}", f"--master-addr={env['PET_MASTER_ADDR']}",
-            f"--master-port={int(env['PET_MASTER_PORT'])}", "--no-python", *command]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
+            f"--node-rank={rank}", "--rdzv-backend=static", f"--rdzv-endpoint={addr}:{port}", f"--master-addr={addr}",
+            f"--master-port={port}", "--no-python", *command]

@@ -44,7 +44,8 @@ def training_job(record: dict, settings: kube.ClusterSettings | None = None, com
     return kube.worker_job(record, settings, command=command, **training_placement(record))
 
 
-def training_trainjob(record: dict, settings: kube.ClusterSettings | None = None, command: list[str] | None = None) -> dict:
+def training_trainjob(record: dict, settings: kube.ClusterSettings | None = None,
+                      command: list[str] | None = None) -> dict:
     """The Kubeflow TrainJob of a multi-node training record: `num_nodes` pods of `num_gpus` GPUs, each
     starting `command` through `vidtune train launch` (torchrun from the runtime's PET_* variables)."""
     cfg = config_of(record["spec"])

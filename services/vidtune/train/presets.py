@@ -77,7 +77,9 @@ def describe_presets() -> list[dict]:
     for name, values in PRESETS.items():
         cfg = preset_config(name)
         rows.append({"name": name, "model": cfg.model, "size": f"{cfg.height}x{cfg.width}x{cfg.num_frames}",
-                     "precision": cfg.precision, "deepspeed_stage": cfg.deepspeed_stage, "gpus": cfg.num_gpus, "nodes": cfg.num_nodes, "vae_tiled": cfg.vae_tiled,
-                     "memory_per_gpu_gb": cfg.memory_per_gpu_gb, "estimate": estimate(cfg).as_dict(), "caching": caching_estimate(cfg).as_dict(),
+                     "precision": cfg.precision, "deepspeed_stage": cfg.deepspeed_stage, "gpus": cfg.num_gpus,
+                     "nodes": cfg.num_nodes, "vae_tiled": cfg.vae_tiled,
+                     "memory_per_gpu_gb": cfg.memory_per_gpu_gb, "estimate": estimate(cfg).as_dict(),
+                     "caching": caching_estimate(cfg).as_dict(),
                      "notes": cfg.notes})
     return rows
