@@ -465,3 +465,52 @@ def fail_from_status(record: dict, status: k8s.V1JobStatus | None) -> dict:
                        "message": failure_reason(status)}
     record.setdefault("progress", {})["message"] = record["error"]["message"]
     return record
+
+
+# -- multi-node training: a Kubeflow Trainer v2 TrainJob ---------------------------------------------
+
+TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
+TRAINJOB_RUNTIME = "torch-distributed"       # the ClusterTrainingRuntime Kubeflow Trainer ships
+TRAINJOB_NODE = "node"                       # the runtime's replicated job and container name
+# The chart's ConfigMap keys: a TrainJob's container patch takes env, not envFrom.
+ENV_CONFIG_KEYS = ("VIDTUNE_S3_ENDPOINT", "VIDTUNE_S3_REGION", "VIDTUNE_BUCKET", "VIDTUNE_JOBS_ROOT",
+                   "VIDTUNE_S3_BUCKETS", "VIDTUNE_S3_PREFIX", "VIDTUNE_CREATE_BUCKETS", "VIDTUNE_LOG_FORMAT", "VIDTUNE_CACHE_DIR")
+
+
+def build_trainjob(job: k8s.V1Job, command: list[str], nodes: int, gpus: int, runtime: str = TRAINJOB_RUNTIME) -> dict:
+    """A TrainJob running `command` on `nodes` pods of `gpus` GPUs each, from a worker Job's pod. Pure.
+
+    The pod `build_job` made is mapped onto the TrainJob's fields: image, command, env and resources on
+    `trainer`, the rest (volumes, placement, security) as a runtime patch of the runtime's `node` pods.
+    The runtime's torch plugin adds PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK/PET_MASTER_* to each.
+    """
+    job = manifest(job)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    container.update(command=command[:1], args=command[1:])
+    env = list(container.get("env", []))
+    for ref in container.get("envFrom", []):
+        name = ref["configMapRef"]["name"]
+        env += [{"name": key, "valueFrom": {"configMapKeyRef": {"name": name, "key": key, "optional": True}}}
+                for key in ENV_CONFIG_KEYS]
+    trainer = {"image": container["image"], "command": container["command"], "args": container.get("args", []),
+               "env": env, "numNodes": int(nodes), "numProcPerNode": max(1, int(gpus))}
+    if container.get("resources"):
+        trainer["resourcesPerNode"] = container["resources"]
+    pod_patch = {k: pod[k] for k in ("serviceAccountName", "volumes", "imagePullSecrets", "securityContext",
+                                     "nodeSelector", "tolerations") if pod.get(k)}
+    pod_patch["containers"] = [{"name": TRAINJOB_NODE, "volumeMounts": container["volumeMounts"],
+                                "securityContext": container["securityContext"]}]
+    meta = job["metadata"]
+    body = {
+        "runtimeRef": {"name": runtime, "apiGroup": TRAINJOB_API.split("/")[0], "kind": "ClusterTrainingRuntime"},
+        "trainer": trainer,
+        "runtimePatches": [{"manager": "vidtune.io/train", "trainingRuntimeSpec": {"template": {"spec": {
+            "replicatedJobs": [{"name": TRAINJOB_NODE, "template": {"spec": {"template": {
+                "metadata": {"labels": job["spec"]["template"]["metadata"]["labels"]}, "spec": pod_patch}}}}]}}}}],
+    }
+    if job["spec"].get("activeDeadlineSeconds"):
+        body["activeDeadlineSeconds"] = int(job["spec"]["activeDeadlineSeconds"])
+    if job["spec"].get("suspend"):  # Kueue admits it, as it does the Job
+        body["suspend"] = True
+    return {"apiVersion": TRAINJOB_API, "kind": "TrainJob", "metadata": meta, "spec": body}

@@ -62,10 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--timeout", type=int, default=0, help="seconds the run may take (0: a week)")
     submit.add_argument("--dry-run", action="store_true",
                         help="with --backend kubernetes: print the Job manifest for `kubectl apply -f -`")
+    submit.add_argument("--nodes", type=int, default=0,
+                        help="nodes of num_gpus GPUs each (sets num_nodes); more than 1 renders a Kubeflow TrainJob")
     submit.add_argument("--image", help="container image of the Job (default: $VIDTUNE_K8S_IMAGE)")
     submit.add_argument("--namespace", help="namespace of the Job (default: $VIDTUNE_K8S_NAMESPACE or vidtune)")
     add_client_args(submit)
     submit.set_defaults(func=cmd_submit)
+
+    launch = s.add_parser("launch", help="run a command under torchrun on this node of a multi-node job "
+                          "(from Kubeflow Trainer's PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_*)")
+    launch.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. vidtune train run ...")
+    launch.set_defaults(func=cmd_launch)
 
     presets = s.add_parser("presets", help="list the named presets with their expected memory per GPU")
     presets.set_defaults(func=cmd_presets)
@@ -112,10 +119,16 @@ def cmd_submit(args) -> int:
     from .tasks import config_of
 
     config = _config_dict(args)
+    if args.nodes:
+        config["num_nodes"] = args.nodes
     preset = config.pop("preset", "")
     spec = {"preset": preset, "config": config, "dataset": args.dataset, "output": args.out,
             "max_steps": args.max_steps, "timeout_s": args.timeout}
-    config_of(spec)  # fail here on a bad config, before anything is submitted
+    multi_node = config_of(spec).num_nodes > 1  # fails here on a bad config, before anything is submitted
+    if multi_node and not (args.dry_run and args.backend == "kubernetes"):
+        print("error: a multi-node run is a Kubeflow TrainJob: print it with --backend kubernetes --dry-run "
+              "and apply it with kubectl (the train service starts single-node Jobs only)", file=sys.stderr)
+        return 2
     if args.dry_run:
         if args.backend != "kubernetes":
             print("error: --dry-run prints a Kubernetes Job; use it with --backend kubernetes", file=sys.stderr)
@@ -123,7 +136,7 @@ def cmd_submit(args) -> int:
         from vidtune.platform.jobs import new_record
         from vidtune.platform.kube import ClusterSettings, manifest_yaml
 
-        from .placement import training_job
+        from .placement import training_job, training_trainjob
 
         # No service holds a record for a printed Job, so its pod runs the training itself;
         # a restarted pod resumes from the state below --out.
@@ -134,7 +147,7 @@ def cmd_submit(args) -> int:
         if args.max_steps:
             command += ["--max-steps", str(args.max_steps)]
         settings = ClusterSettings.from_env().replace(image=args.image, namespace=args.namespace)
-        job = training_job(record, settings, command=command)
+        job = (training_trainjob if multi_node else training_job)(record, settings, command=command)
         print(manifest_yaml(job), end="")
         return 0
     from vidtune.v1 import train_pb2, train_pb2_grpc
@@ -149,13 +162,30 @@ def cmd_submit(args) -> int:
                              .SubmitTrain(request, metadata=c.metadata, timeout=c.timeout))
 
 
+def cmd_launch(args) -> int:
+    from .launch import torchrun_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("error: give the command to launch after --", file=sys.stderr)
+        return 2
+    argv = torchrun_command(command)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # torchrun's exit code is the command's
+
+
 def cmd_presets(args) -> int:
     for row in describe_presets():
-        est = row["estimate"]
+        est, cache = row["estimate"], row["caching"]
+        turns = "in turns" if cache["offload"] else "together"
         print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "
-              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} estimated {est['total_gb']:.1f} GB/GPU "
-              f"(weights {est['weights_gb']:.1f} + LoRA/optimizer {est['lora_gb']:.1f} + activations "
-              f"{est['activations_gb']:.1f} at {est['tokens']} tokens + runtime {est['runtime_gb']:.1f})")
+              f"ZeRO-{row['deepspeed_stage']} gpus={row['gpus']} nodes={row['nodes']}\n"
+              f"    training: estimated {est['total_gb']:.1f} GB/GPU (weights {est['weights_gb']:.1f} + "
+              f"LoRA/optimizer {est['lora_gb']:.1f} + activations {est['activations_gb']:.1f} at {est['tokens']} "
+              f"tokens + runtime {est['runtime_gb']:.1f})\n"
+              f"    caching:  estimated {cache['total_gb']:.1f} GB/GPU (umT5 {cache['text_encoder_gb']:.1f} + "
+              f"{cache['text_activations_gb']:.1f} activations, VAE {cache['vae_gb']:.1f} + "
+              f"{cache['vae_activations_gb']:.1f} activations{' on tiles' if row['vae_tiled'] else ''}, {turns})")
     return 0
 
 

@@ -73,6 +73,13 @@ class TrainConfig:
     deepspeed_offload_optimizer: bool = False
     num_gpus: int = 0
     base_weights_fp8: bool = False         # frozen DiT Linear weights stored in fp8 e4m3 (scaled per row)
+    # memory and multi-node options (memory.py models their effect; `vidtune train presets` prints it)
+    cache_offload: bool = False            # caching: umT5 and the VAE take turns on the GPU, the idle one in CPU RAM
+    cache_text_chunk: int = 256            # prompts umT5 encodes per turn (their embeddings wait in CPU RAM)
+    vae_tiled: bool = False                # caching stage: the VAE encodes overlapping spatial tiles, blended
+    vae_tile_size: int = 16                # tile side in latent cells (x the VAE stride in pixels)
+    vae_tile_stride: int = 12              # tile step in latent cells (size - stride cells are blended)
+    num_nodes: int = 1                     # nodes of num_gpus each (Kubernetes: a Kubeflow TrainJob when > 1)
     hang_timeout_s: float = 0.0            # no progress for this long ends the attempt (stacks logged); twice
                                            # this is the process group's collective timeout. 0: off
     max_skipped_steps_in_row: int = 25    # steps skipped for a non-finite loss/gradients before the run stops (0: never)
@@ -154,6 +161,11 @@ class TrainConfig:
             raise InvalidArgument("validation_dataset needs use_cache: true (held-out clips are encoded once)")
         if self.validation_dataset and (self.validation_every_steps < 1 or self.validation_timesteps < 1):
             raise InvalidArgument("validation_every_steps and validation_timesteps must be at least 1")
+        if self.cache_text_chunk < 1 or self.num_nodes < 1:
+            raise InvalidArgument("cache_text_chunk and num_nodes must be at least 1")
+        if self.vae_tiled and not 0 < self.vae_tile_stride <= self.vae_tile_size:
+            raise InvalidArgument(f"vae_tile_stride={self.vae_tile_stride}, vae_tile_size={self.vae_tile_size}: "
+                                  "need 0 < stride <= size (latent cells)")
         if self.hang_timeout_s < 0:
             raise InvalidArgument(f"hang_timeout_s={self.hang_timeout_s}: must be 0 (off) or a number of seconds")
         if self.max_skipped_steps_in_row < 0:
@@ -171,7 +183,7 @@ class TrainConfig:
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _LATER_FINGERPRINT_FIELDS = ("timestep_sampling", "logit_mean", "logit_std", "sigmoid_scale", "timestep_shift",
-                             "loss_weighting", "base_weights_fp8")
+                             "loss_weighting", "base_weights_fp8", "vae_tiled", "vae_tile_size", "vae_tile_stride")
 
 
 def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from .config import TrainConfig
 
@@ -81,3 +82,31 @@ def make_accelerator(cfg: TrainConfig):
     # Weights already live in the training dtype, so no autocast on top.
     return Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=handlers,
                        gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+
+
+# Kubeflow Trainer's torch runtime sets these on every node's container (its constants.TorchEnv*).
+PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
+
+def torchrun_command(command: list[str], env: dict | None = None) -> list[str]:
+    """`command` under torchrun, one process per GPU of this node, with the nodes, this node's rank and the
+    rendezvous taken from the PET_* variables. The static rendezvous keeps node ranks as the JobSet's
+    completion indexes give them, so node 0 holds global rank 0 (which writes the run's results)."""
+    from ..platform.errors import InvalidArgument
+
+    env = os.environ if env is None else env
+    missing = [k for k in PET_ENV if not str(env.get(k, "")).strip()]
+    if missing:
+        raise InvalidArgument(f"torchrun launch needs {', '.join(missing)} (set by Kubeflow Trainer's torch runtime)")
+    try:
+        nnodes, nproc, rank, port = (int(env[k]) for k in (*PET_ENV[:3], "PET_MASTER_PORT"))
+    except ValueError:
+        raise InvalidArgument(f"PET_* variables must be whole numbers: {[env[k] for k in PET_ENV]}") from None
+    if not 0 <= rank < nnodes or nproc < 1:
+        raise InvalidArgument(f"PET_NODE_RANK={rank} with PET_NNODES={nnodes}, PET_NPROC_PER_NODE={nproc}: "
+                              "need 0 <= rank < nodes and at least one process per node")
+    addr = env["PET_MASTER_ADDR"]
+    # torchrun as this interpreter's module: the launcher and the ranks share one environment.
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
+            f"--node-rank={rank}", "--rdzv-backend=static", f"--rdzv-endpoint={addr}:{port}", f"--master-addr={addr}",
+            f"--master-port={port}", "--no-python", *command]

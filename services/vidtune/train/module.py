@@ -33,13 +33,18 @@ def _cacheable(value) -> bool:
     return False
 
 
-def raw_inputs(frames, prompt: str, family: str, device: str) -> tuple[dict, dict, dict]:
-    """Pipeline inputs for one sample, as upstream's Wan trainer builds them (cfg off, no tiling)."""
+def vae_tiling(cfg: TrainConfig) -> dict:
+    """The VAE's tiling inputs of the pipeline units (tile size and step in latent cells)."""
+    return {"tiled": cfg.vae_tiled, "tile_size": (cfg.vae_tile_size,) * 2, "tile_stride": (cfg.vae_tile_stride,) * 2}
+
+
+def raw_inputs(frames, prompt: str, family: str, device: str, tiling: dict | None = None) -> tuple[dict, dict, dict]:
+    """Pipeline inputs for one sample, as upstream's Wan trainer builds them (cfg off; untiled unless `tiling`)."""
     shared = {
         "input_video": frames, "height": frames[0].size[1], "width": frames[0].size[0],
-        "num_frames": len(frames), "cfg_scale": 1, "tiled": False, "rand_device": device,
+        "num_frames": len(frames), "cfg_scale": 1, "rand_device": device,
         "cfg_merge": False, "vace_scale": 1,
-        "tile_size": (30, 52), "tile_stride": (15, 26),
+        **(tiling or {"tiled": False, "tile_size": (30, 52), "tile_stride": (15, 26)}),
     }
     if family == "ti2v" and len(frames) > 1:
         # TI2V learns to continue a given first frame (upstream `--extra_inputs input_image`).
@@ -51,12 +56,14 @@ def cache_pipeline(cfg: TrainConfig, storage=None, cache_dir=None):
     """The encoders (umT5 + VAE) for the caching stage.
 
     They run in fp32 unless training is bf16: umT5 overflows in fp16, and this stage runs once per
-    sample, so a V100 run pays fp32 here and never again.
+    sample, so a V100 run pays fp32 here and never again. With `cache_offload` they are loaded into
+    CPU memory and `EncoderPlacement` moves each to the GPU for its turn.
     """
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     device = "cuda" if cfg.device == "cuda" else "cpu"
-    pipe = load_pipeline(cfg.spec, cfg.weights, device=device, dtype=dtype, roles=["text_encoder", "vae"],
-                         storage=storage, cache_dir=cache_dir)
+    pipe = load_pipeline(cfg.spec, cfg.weights, device="cpu" if cfg.cache_offload else device, dtype=dtype,
+                         roles=["text_encoder", "vae"], storage=storage, cache_dir=cache_dir)
+    pipe.device = device  # where the units put their tensors, wherever the models wait
     # The encoding units read the DiT's switches (fused first frame, CLIP/VAE conditioning) but never
     # run it: the real class with the spec's config and empty (meta) parameters answers them for free.
     with skip_model_initialization():
@@ -65,10 +72,73 @@ def cache_pipeline(cfg: TrainConfig, storage=None, cache_dir=None):
     return pipe
 
 
+class EncoderPlacement:
+    """Which caching-stage encoder is on the compute device.
+
+    Without offload both stay there. With it, only the one whose turn it is: umT5 (umT5-XXL in fp32 is
+    22.7 GB) and the VAE with its activations never share a 32 GB V100.
+    """
+
+    ROLES = ("text_encoder", "vae")
+
+    def __init__(self, pipe, device: str, offload: bool):
+        self.pipe, self.device, self.offload = pipe, device, offload
+
+    def use(self, role: str) -> None:
+        if not self.offload:
+            return
+        for other in self.ROLES:
+            if other != role:
+                getattr(self.pipe, other).to("cpu")
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        getattr(self.pipe, role).to(self.device)
+
+
+def split_text_units(units) -> tuple[list, list]:
+    """(the units that run only the text encoder, the others), each in pipeline order."""
+    text = [u for u in units if tuple(u.onload_model_names or ()) == ("text_encoder",)]
+    return text, [u for u in units if all(u is not t for t in text)]
+
+
+def _trim(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A (1, length, dim) embedding without its all-zero tail (DiffSynth zeroes past the prompt's tokens)."""
+    nonzero = t.flatten(2).ne(0).any(-1).any(0).nonzero()
+    n = int(nonzero[-1]) + 1 if len(nonzero) else 0
+    return t[:, :n].clone(), t.shape[1]
+
+
+def _untrim(trimmed: tuple[torch.Tensor, int]) -> torch.Tensor:
+    t, length = trimmed
+    return torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))
+
+
 @torch.no_grad()
-def encode_sample(pipe, units, frames, prompt: str, family: str) -> tuple[dict, dict, dict]:
-    """Run the caching-stage units on one sample; the result is what the training step needs."""
-    inputs = raw_inputs(frames, prompt, family, str(pipe.device))
+def encode_prompts(pipe, text_units, prompts: list[str]) -> list[dict]:
+    """The text-encoder outputs of each prompt, kept in CPU memory with their zero padding trimmed off
+    (exact: `encode_sample` pads them back), so a chunk of prompts waits cheaply for the VAE's turn."""
+    out = []
+    for prompt in prompts:
+        inputs = ({"cfg_scale": 1, "cfg_merge": False}, {"prompt": prompt}, {})
+        for unit in text_units:
+            inputs = pipe.unit_runner(unit, pipe, *inputs)
+        out.append({k: _trim(v.detach().cpu()) for k, v in inputs[1].items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+@torch.no_grad()
+def encode_sample(pipe, units, frames, prompt: str, family: str, text: dict | None = None,
+                  tiling: dict | None = None) -> tuple[dict, dict, dict]:
+    """Run the caching-stage units on one sample; the result is what the training step needs.
+
+    `text` holds the prompt's embeddings from `encode_prompts`: the text units are then skipped.
+    """
+    inputs = raw_inputs(frames, prompt, family, str(pipe.device), tiling)
+    if text is not None:
+        units = split_text_units(units)[1]
+        embeddings = {k: _untrim(v).to(pipe.device) for k, v in text.items()}
+        for part in inputs[1:]:  # cfg off: the negative side shares the positive embeddings, as in DiffSynth
+            part.update(embeddings)
     for unit in units:
         inputs = pipe.unit_runner(unit, pipe, *inputs)
     return tuple({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
@@ -122,7 +192,7 @@ class WanLoraTrainingModule(DiffusionTrainingModule):
     def forward(self, cached=None, frames=None, prompt: str = ""):
         """Loss for one sample, from its cache entry or (no cache) from decoded frames and a prompt."""
         if cached is None:
-            inputs = raw_inputs(frames, prompt, self.family, str(self.pipe.device))
+            inputs = raw_inputs(frames, prompt, self.family, str(self.pipe.device), vae_tiling(self.cfg))
             with torch.no_grad():
                 for unit in self.cache_units:
                     inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)

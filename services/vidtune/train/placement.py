@@ -42,3 +42,13 @@ def training_job(record: dict, settings: kube.ClusterSettings | None = None, com
     """The batch/v1 Job of a training record. By default the pod runs `vidtune worker` on the stored
     record; `command` makes it self-contained."""
     return kube.worker_job(record, settings, command=command, **training_placement(record))
+
+
+def training_trainjob(record: dict, settings: kube.ClusterSettings | None = None,
+                      command: list[str] | None = None) -> dict:
+    """The Kubeflow TrainJob of a multi-node training record: `num_nodes` pods of `num_gpus` GPUs, each
+    starting `command` through `vidtune train launch` (torchrun from the runtime's PET_* variables)."""
+    cfg = config_of(record["spec"])
+    job = training_job(record, settings, command=command)
+    launch = ["vidtune", "train", "launch", "--", *(command or kube.worker_command("train", record["id"]))]
+    return kube.build_trainjob(job, launch, nodes=cfg.num_nodes, gpus=training_placement(record)["gpus"])

@@ -70,7 +70,8 @@ class RunPaths:
 
 def cache_settings(cfg: TrainConfig) -> str:
     dtype = "bf16" if cfg.precision == "bf16" else "fp32"
-    return f"{cfg.spec.name}-{cfg.height}x{cfg.width}x{cfg.num_frames}-{dtype}"
+    tiled = f"-tiled{cfg.vae_tile_size}s{cfg.vae_tile_stride}" if cfg.vae_tiled else ""  # tiles change latents slightly
+    return f"{cfg.spec.name}-{cfg.height}x{cfg.width}x{cfg.num_frames}-{dtype}{tiled}"
 
 
 # -- caching stage -------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
     cannot be decoded is rejected with its reason in rejected-<rank>.jsonl; the others go on.
     Returns {sample id: reason} of the rejections this process saw.
     """
-    from .module import cache_pipeline, encode_sample
+    from .module import EncoderPlacement, cache_pipeline, encode_prompts, encode_sample, split_text_units, vae_tiling
 
     settings = paths.cache_settings
     todo = [s for i, s in enumerate(samples) if i % world == rank
@@ -96,20 +97,32 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
         return rejected
     pipe = cache_pipeline(cfg, storage=storage)
     units = pipe.split_pipeline_units(["dit"])[1]
-    for n, sample in enumerate(todo):
+    text_units = split_text_units(units)[0]
+    placement = EncoderPlacement(pipe, str(pipe.device), cfg.cache_offload)
+    tiling = vae_tiling(cfg)
+    n = 0
+    # umT5 encodes a chunk's prompts, then the VAE its clips: with offload the two never share the GPU.
+    for start in range(0, len(todo), cfg.cache_text_chunk):
+        chunk = todo[start:start + cfg.cache_text_chunk]
         check_cancelled()
-        try:
-            frames = _decode(sample, cfg, storage, scratch)
-        except (InvalidArgument, NotFound) as e:  # one corrupt or missing file never fails the run
-            _record_rejection(storage, rejected_uri, rejected, sample, e)
-            continue
-        entry = encode_sample(pipe, units, frames, sample.prompt, cfg.spec.family)
-        local = scratch / f"{sample.cache_key(settings)}.pt"
-        torch.save(entry, local)
-        storage.upload(local, join(paths.cache, local.name))
-        local.unlink()
-        progress(n + 1, len(todo), f"caching latents and text embeddings {n + 1}/{len(todo)}")
-    del pipe
+        placement.use("text_encoder")
+        texts = encode_prompts(pipe, text_units, [s.prompt for s in chunk])
+        placement.use("vae")
+        for sample, text in zip(chunk, texts):
+            check_cancelled()
+            n += 1
+            try:
+                frames = _decode(sample, cfg, storage, scratch)
+            except (InvalidArgument, NotFound) as e:  # one corrupt or missing file never fails the run
+                _record_rejection(storage, rejected_uri, rejected, sample, e)
+                continue
+            entry = encode_sample(pipe, units, frames, sample.prompt, cfg.spec.family, text=text, tiling=tiling)
+            local = scratch / f"{sample.cache_key(settings)}.pt"
+            torch.save(entry, local)
+            storage.upload(local, join(paths.cache, local.name))
+            local.unlink()
+            progress(n, len(todo), f"caching latents and text embeddings {n}/{len(todo)}")
+    del pipe, placement
     gc.collect()
     return rejected
 
