@@ -61,7 +61,7 @@ def make_dataset(root: Path, n: int = 4, corrupt: int = 0, image: bool = False) 
     return root
 
 
-def write_timecoded_clip(path: Path, width: int, height: int, seconds: float, fps: int = 8) -> Path:
+def write_timecoded_clip(path: Path, width: int, height: int, seconds: float, fps: int = 4) -> Path:
     """A grey clip whose frame N decodes to RGB value N (up to 255 frames): the pixels say which frame it is."""
     from vidtune.samples import ffmpeg_run
 
@@ -73,7 +73,7 @@ def write_timecoded_clip(path: Path, width: int, height: int, seconds: float, fp
 
 
 def mixed_dataset(root: Path) -> Path:
-    """Landscape and portrait clips of 3 s and 30 s (8 fps, time-coded), a portrait still and a 0.5 s clip."""
+    """Landscape and portrait clips of 3 s and 30 s (4 fps, time-coded), a portrait still and a 0.5 s clip."""
     rows = []
     for name, (w, h), seconds in (("land3", (160, 90), 3), ("land30", (160, 90), 30),
                                   ("port3", (90, 160), 3), ("port30", (90, 160), 30), ("blink", (160, 90), 0.5)):
