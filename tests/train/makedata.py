@@ -54,11 +54,27 @@ def make_dataset(root: Path, n: int = 4, corrupt: int = 0, image: bool = False) 
 
         cv2.imwrite(str(media / "still.png"), np.full((64, 64, 3), 128, np.uint8))
         rows.append({"video": "media/still.png", "prompt": "회색 정지 화면"})
+    return write_metadata(root, rows)
+
+
+def write_metadata(root: Path, rows: list[dict]) -> Path:
     with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["video", "prompt"])
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+class Crash(RuntimeError):
+    """Stands for a process killed mid-run."""
+
+
+def crash_at(step: int):
+    """An `on_step` that kills the run when it has done `step` steps."""
+    def on_step(done: int, entry: dict) -> None:
+        if done == step:
+            raise Crash(f"killed after step {step}")
+    return on_step
 
 
 def write_timecoded_clip(path: Path, width: int, height: int, seconds: float, fps: int = 4) -> Path:
@@ -83,8 +99,4 @@ def mixed_dataset(root: Path) -> Path:
 
     cv2.imwrite(str(root / "media" / "still.png"), np.full((160, 90, 3), 100, np.uint8))
     rows.append({"video": "media/still.png", "prompt": "세로 정지 화면"})
-    with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["video", "prompt"])
-        w.writeheader()
-        w.writerows(rows)
-    return root
+    return write_metadata(root, rows)

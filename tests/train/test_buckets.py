@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from makedata import mixed_dataset  # noqa: E402
+from makedata import Crash, crash_at, mixed_dataset  # noqa: E402
 
 from vidtune.evaluate.videoio import read_frames  # noqa: E402
 from vidtune.platform.errors import InvalidArgument  # noqa: E402
@@ -174,22 +174,25 @@ def test_samples_appear_every_m_steps_with_the_lora_as_it_is(full_run, prompts, 
     assert "## Samples during training" in report and "samples/step-00000013/dawn-seed-0.png" in report
 
 
-class Crash(RuntimeError):
-    pass
-
-
-def test_bucketed_run_resumes_exactly_and_sampling_leaves_training_unchanged(full_run, mixed, tmp_path):
-    """The cut run samples nothing: equal numbers also show the samplings drew none of training's numbers."""
+def test_bucketed_run_resumes_exactly_and_sampling_leaves_training_unchanged(full_run, mixed, storage, bucket,
+                                                                              tmp_path):
+    """Into the object store this time; the cut run samples nothing, so equal numbers also show that the
+    samplings drew none of training's random numbers."""
     _, full = full_run
-
-    def crash_at_7(step, entry):
-        if step == 7:
-            raise Crash("killed")
-
+    out = f"{bucket}/runs/bucketed-cut"
     with pytest.raises(Crash):
-        run_training(BUCKETS, str(mixed), str(tmp_path / "cut"), on_step=crash_at_7)
-    resumed = run_training(BUCKETS, str(mixed), str(tmp_path / "cut"))
+        run_training(BUCKETS, str(mixed), out, storage=storage, scratch=tmp_path, on_step=crash_at(7))
+    resumed = run_training(BUCKETS, str(mixed), out, storage=storage, scratch=tmp_path)
     assert resumed["resumed_from"] == 6 and resumed["steps"] == 13
-    expected, got = _metrics(full), _metrics(tmp_path / "cut")
+    assert [b["bucket"] for b in resumed["buckets"]] == [b["bucket"] for b in full_run[0]["buckets"]]
+    expected, got = _metrics(full), storage.read_jsonl(f"{out}/metrics.jsonl")
     assert [(m["step"], m["samples"]) for m in got] == [(m["step"], m["samples"]) for m in expected]
     assert np.allclose([m["loss"] for m in got], [m["loss"] for m in expected], rtol=1e-4, atol=1e-6)
+
+
+def test_sample_prompts_go_through_the_data_access_policy_like_the_dataset():
+    from vidtune.train.tasks import _weights_locations
+
+    spec = {"preset": "cpu-tiny", "dataset": "s3://vidtune/ds", "output": "s3://vidtune/run",
+            "config": {"sample_prompts": "s3://vidtune/prompts.jsonl"}}
+    assert _weights_locations(spec)["config sample_prompts"] == ["s3://vidtune/prompts.jsonl"]

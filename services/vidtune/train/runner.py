@@ -150,14 +150,13 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
 
 def _cache_windows(sample: Sample, plan, storage: Storage, scratch: Path, save) -> dict:
     """Encode every window of one clip; returns its index line (bucket and window starts)."""
-    with storage.local_copy(sample.uri, scratch) as local:
-        try:
-            bucket, starts, windows = clip_windows(local, plan, label=sample.uri)
-            for start, frames in windows:
-                save(Window(sample, bucket, start), frames)
-        except InvalidArgument as e:  # name the sample's URI, not a temporary copy
-            raise InvalidArgument(str(e).replace(str(local), sample.uri)) from None
-    return {"bucket": bucket.name, "starts": starts}
+    def encode(local: Path) -> dict:
+        bucket, starts, windows = clip_windows(local, plan, label=sample.uri)
+        for start, frames in windows:
+            save(Window(sample, bucket, start), frames)
+        return {"bucket": bucket.name, "starts": starts}
+
+    return _on_local_copy(sample, storage, scratch, encode)
 
 
 def read_windows(paths: RunPaths, storage: Storage) -> dict[str, dict]:
@@ -192,14 +191,20 @@ def bucket_table(items: list[Window]) -> list[dict]:
     return [{**r, "clips": len(r["clips"])} for _, r in sorted(rows.items())]
 
 
-def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path, attempts: int = 2):
-    """Frames of a sample; a failure is retried once on a fresh copy, since the decoder's probe
-    can time out on a loaded machine and a rejection is permanent for the run."""
+def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path):
+    """Frames of a sample, cropped to the one configured size (buckets off)."""
+    return _on_local_copy(sample, storage, scratch, lambda local: load_frames(local, cfg.height, cfg.width,
+                                                                               cfg.num_frames))
+
+
+def _on_local_copy(sample: Sample, storage: Storage, scratch: Path, fn, attempts: int = 2):
+    """`fn(local path)` on a local copy of a sample. A failure is retried once on a fresh copy, since the
+    decoder's probe can time out on a loaded machine and a rejection is permanent for the run."""
     for attempt in range(attempts):
         try:
             with storage.local_copy(sample.uri, scratch) as local:
                 try:
-                    return load_frames(local, cfg.height, cfg.width, cfg.num_frames)
+                    return fn(local)
                 except InvalidArgument as e:  # name the sample's URI, not a temporary copy
                     raise InvalidArgument(str(e).replace(str(local), sample.uri)) from None
         except InvalidArgument:
