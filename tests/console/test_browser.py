@@ -59,20 +59,15 @@ def test_a_wrong_token_is_refused(chromium, console, screenshots):
 
 
 @pytest.fixture(scope="module")
-def training_job(chromium, console, stack, store, train_dataset, screenshots):
-    """A cpu-tiny run started from the Actions form (long enough to watch: many epochs, a flush per step),
-    generating two fixed prompts every 4 steps."""
-    prompts = "s3://vidtune/tests/sample-prompts.jsonl"
-    store.write_text(prompts, '{"id": "sea", "prompt": "바다 위로 해가 뜬다"}\n{"id": "red", "prompt": "a red square"}\n')
+def training_job(chromium, console, stack, train_dataset, screenshots):
+    """A cpu-tiny run started from the Actions form (long enough to watch: many epochs, a flush per step)."""
     login(chromium, console, stack["token"])
     wait_for(chromium, lambda d: d.find_elements(By.ID, "jobs"), what="the overview after login")
     chromium.get(console + "actions")
     form = chromium.find_element(By.ID, "form-train-SubmitTrain")
     form.find_element(By.XPATH, "..").find_element(By.TAG_NAME, "summary").click()
     fields = {"preset": "cpu-tiny", "dataset": train_dataset, "output": "s3://vidtune/tests/runs/console",
-              "config_yaml": "epochs: 60\nsave_every_steps: 1\nsave_every_epochs: 20\n"
-                             f"sample_prompts: {prompts}\nsample_every_steps: 4\nsample_steps: 1\n"
-                             "sample_size: 64x64x5\nsample_cfg_scale: 1\n"}
+              "config_yaml": "epochs: 60\nsave_every_steps: 1\nsave_every_epochs: 20\n"}
     for name, value in fields.items():
         form.find_element(By.NAME, name).send_keys(value)
     shot(chromium, screenshots, "02-actions-form")
@@ -108,23 +103,6 @@ def test_training_chart_gains_points_while_the_run_trains(chromium, console, tra
     svg_points = chromium.find_element(By.ID, "loss-chart").get_attribute("data-points")
     assert int(svg_points) >= before + 3
     shot(chromium, screenshots, "04-training-live")
-
-
-def test_samples_appear_on_the_training_page_while_the_run_trains(chromium, console, training_job, screenshots):
-    chromium.get(console + f"training?job=train/{training_job}")
-    chromium.execute_script("window.__sameDocument = true")
-    sections = lambda d: d.find_elements(By.CSS_SELECTOR, "#train-samples section.samples")  # noqa: E731
-    wait_for(chromium, lambda d: len(sections(d)) >= 1, timeout=240, what="the first samples")
-    before = len(sections(chromium))
-    wait_for(chromium, lambda d: len(sections(d)) > before, timeout=240, what="samples of a later step")
-    assert chromium.execute_script("return window.__sameDocument === true"), "the page was reloaded"
-    newest = sections(chromium)[0]
-    assert int(newest.get_attribute("data-step")) % 4 == 0
-    assert len(newest.find_elements(By.TAG_NAME, "video")) == 2
-    wait_for(chromium, lambda d: d.execute_script(
-        "return [...document.querySelectorAll('#train-samples section:first-child img.sheet')]"
-        ".every((i) => i.complete && i.naturalWidth > 0)"), timeout=30, what="the frame strips to load")
-    shot(chromium, screenshots, "04b-training-samples")
 
 
 def test_cancel_from_the_browser(chromium, console, training_job, job_waiter, screenshots):
