@@ -1,4 +1,5 @@
-"""Training step time with cached latents/text embeddings against encoding every step (the baseline).
+"""Training step time with cached latents/text embeddings against encoding every step (the baseline), and
+with buckets against one size for every clip (the baseline of the second ratio).
 
 Same tiny Wan (real DiffSynth classes), same clips, same steps; the uncached run decodes the video and
 runs the VAE and umT5 inside every step, as upstream's single-stage script does. The first step of each
@@ -9,6 +10,12 @@ Caching-stage peak memory with the V100 presets' options (cache_offload + vae_ti
 umT5 + VAE over one prompt and one clip), median of REPEATS. On the CPU offload has nothing to free (its
 target is CPU memory and the tiny umT5 is 0.1 MB), so the measured ratio is the tiling's; the memory
 model's figures for the V100 presets, printed beside it, carry offload's 22.7 GB of umT5.
+
+Buckets: landscape and portrait clips of 2 s and 8 s (8 fps). Without buckets every clip is centre-cropped
+to 64x128 and trains its first 17 frames (one step per clip); with buckets each clip keeps its orientation
+(64x128 or 128x64, the same pixel area) and trains two windows (first and last frames) of the longest of 9
+or 17 frames it fills. The step-time ratio says what a bucketed step costs against a one-size step; the
+run's steps double with two windows per clip, which is the point (more of each clip is seen).
 """
 from __future__ import annotations
 
@@ -34,11 +41,12 @@ def _dataset(root: Path) -> Path:
     return root
 
 
-def _run(dataset: Path, out: Path, use_cache: bool) -> tuple[list[float], float]:
+def _run(dataset: Path, out: Path, **config) -> tuple[list[float], float]:
+    """Step times (the first left out) and the wall time of one fresh run."""
     from vidtune.train.runner import run_training
 
     cfg = {"preset": "cpu-tiny", "height": SIZE[0], "width": SIZE[1], "num_frames": SIZE[2], "epochs": EPOCHS,
-           "use_cache": use_cache, "save_every_steps": 1000}
+           "save_every_steps": 1000, **config}
     t0 = time.perf_counter()
     run_training(cfg, str(dataset), str(out), storage=Storage())
     wall = time.perf_counter() - t0
@@ -71,6 +79,35 @@ def caching_memory() -> dict:
         out[f"model_{name}_caching_gb"] = round(caching_estimate(load_config(cfg)).total_gb, 1)
         out[f"model_{name}_caching_plain_gb"] = round(caching_estimate(load_config(
             {**cfg, "cache_offload": False, "vae_tiled": False})).total_gb, 1)
+
+
+BUCKET_SIZE = (64, 128, 17)
+BUCKET_CLIPS = [("land2", 128, 64, 2), ("land8", 128, 64, 8), ("port2", 64, 128, 2), ("port8", 64, 128, 8)]
+
+
+def _mixed_dataset(root: Path) -> Path:
+    for name, w, h, seconds in BUCKET_CLIPS:
+        make_clip(root / "media" / f"{name}.mp4", w, h, seconds, fps=8)
+    rows = "".join(f"media/{name}.mp4,{name} 테스트 영상\n" for name, *_ in BUCKET_CLIPS)
+    (root / "metadata.csv").write_text("video,prompt\n" + rows, encoding="utf-8")
+    return root
+
+
+def buckets_vs_one_size(d: Path) -> dict:
+    dataset = _mixed_dataset(d / "mixed")
+    settings = dict(height=BUCKET_SIZE[0], width=BUCKET_SIZE[1], num_frames=BUCKET_SIZE[2], bucket_frames="9,17",
+                    frame_extraction="uniform", frame_windows=2)
+    one, one_wall = _run(dataset, d / "one-size", buckets=False, **settings)
+    bucketed, bucketed_wall = _run(dataset, d / "bucketed", buckets=True, **settings)
+    out = {"clips": len(BUCKET_CLIPS), "one_size": "x".join(map(str, BUCKET_SIZE)),
+           "steps_one_size": len(one) + 1, "steps_bucketed": len(bucketed) + 1,
+           "step_one_size_median_s": statistics.median(one), "step_bucketed_median_s": statistics.median(bucketed),
+           "run_one_size_wall_s": one_wall, "run_bucketed_wall_s": bucketed_wall}
+    out["ratio_bucketed_over_one_size"] = out["step_bucketed_median_s"] / out["step_one_size_median_s"]
+    print(f"train buckets: median step {out['step_bucketed_median_s'] * 1000:.1f} ms bucketed vs "
+          f"{out['step_one_size_median_s'] * 1000:.1f} ms one size (x{out['ratio_bucketed_over_one_size']:.2f}); "
+          f"{out['steps_bucketed']} vs {out['steps_one_size']} steps, runs {bucketed_wall:.1f} s vs {one_wall:.1f} s "
+          f"incl. caching; tiny Wan, {len(BUCKET_CLIPS)} clips (landscape/portrait, 2 s/8 s)")
     return out
 
 
@@ -86,9 +123,9 @@ def main(s3: Storage | None = None, bucket: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         dataset = _dataset(d / "ds")
-        _run(dataset, d / "warm", True)  # builds the tiny weights and warms the caches of the loaders
-        cached, cached_wall = _run(dataset, d / "cached", True)
-        uncached, uncached_wall = _run(dataset, d / "uncached", False)
+        _run(dataset, d / "warm")  # builds the tiny weights and warms the caches of the loaders
+        cached, cached_wall = _run(dataset, d / "cached", use_cache=True)
+        uncached, uncached_wall = _run(dataset, d / "uncached", use_cache=False)
         out = {
             "model": "tiny-ti2v", "clip": "x".join(map(str, SIZE)), "steps": len(cached) + 1,
             "step_cached_median_s": statistics.median(cached),
@@ -98,10 +135,11 @@ def main(s3: Storage | None = None, bucket: str | None = None) -> dict:
         }
         out["ratio_uncached_over_cached"] = out["step_uncached_median_s"] / out["step_cached_median_s"]
         out.update(memory)
+        buckets = buckets_vs_one_size(d)
     print(f"train: median step {out['step_cached_median_s'] * 1000:.1f} ms cached vs "
           f"{out['step_uncached_median_s'] * 1000:.1f} ms encoding every step "
           f"(x{out['ratio_uncached_over_cached']:.2f}); tiny Wan, {out['clip']} clips, {out['steps']} steps")
-    return out
+    return {**out, "buckets": buckets}
 
 
 if __name__ == "__main__":

@@ -130,3 +130,25 @@ def test_dataset_charts_from_stats():
     facts = dict(views.dataset_facts(stats))
     assert facts["rows"] == "3" and "Gini 0.170" in facts["categories"]
     json.dumps(charts, ensure_ascii=False)
+
+
+def test_training_points_carry_held_out_loss_and_samples(storage, bucket):
+    from pathlib import Path
+
+    import jinja2
+
+    out = f"{bucket}/run-with-samples"
+    sample = {"prompt_id": "dawn", "prompt": "어두운 화면이 밝아진다", "seed": 0,
+              "video": f"{out}/samples/step-00000002/dawn-seed-0.mp4", "sheet": f"{out}/samples/step-00000002/dawn-seed-0.png"}
+    storage.write_jsonl(f"{out}/metrics.jsonl", [
+        {"step": 1, "epoch": 0, "loss": 0.5, "lr": 1e-3, "step_time_s": 0.2, "samples": ["a"]},
+        {"step": 2, "epoch": 0, "loss": 0.4, "lr": 1e-3, "step_time_s": 0.2, "samples": ["b"], "val_loss": 0.45,
+         "val_loss_by_timestep": {"0.250": 0.4}, "generated": [sample]}])
+    points = views.training_metrics(storage, out)
+    assert "val_loss" not in points[0] and "generated" not in points[0]
+    assert points[1]["val_loss"] == 0.45 and points[1]["generated"] == [sample]
+    assert views.training_samples(points) == [{"step": 2, "generated": [sample]}]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(views.__file__).parent / "templates"), autoescape=True)
+    env.filters["file_url"] = lambda uri: "/files?uri=" + uri
+    html = env.get_template("_samples.html").render(s=views.training_samples(points)[0])
+    assert f'src="/files?uri={sample["video"]}"' in html and "어두운 화면이 밝아진다" in html and 'data-step="2"' in html

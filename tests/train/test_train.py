@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from makedata import Crash, crash_at
 from vidtune.models.loading import load_pipeline
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
 from vidtune.train.config import load_config
@@ -134,21 +135,13 @@ def test_low_noise_expert_uses_the_low_noise_timesteps():
     assert (low.expert_role, low.timestep_range) == ("dit2", (0.417, 1.0))
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_killed_run_resumes_at_the_same_step_without_repeating_samples(tiny_dataset, tmp_path):
     cfg = {"preset": "cpu-tiny", "save_every_steps": 2, "epochs": 2}
     full = run_training(cfg, str(tiny_dataset), str(tmp_path / "full"))
     expected = [(m["step"], m["samples"]) for m in _metrics(tmp_path / "full" / "metrics.jsonl")]
 
-    def crash_at_5(step, entry):
-        if step == 5:
-            raise Crash("killed")
-
     with pytest.raises(Crash):
-        run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"), on_step=crash_at_5)
+        run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"), on_step=crash_at(5))
     assert json.loads((tmp_path / "cut" / "state" / "latest.json").read_text())["step"] == 4
     resumed = run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"))
     assert resumed["resumed_from"] == 4
@@ -176,12 +169,8 @@ def test_uncached_training_substitutes_an_undecodable_sample_and_resumes_the_sam
     rejected = (tmp_path / "full" / "cache" / "tiny-ti2v-64x64x9-fp32" / "rejected-0.jsonl").read_text()
     assert "broken0.mp4" in rejected and "cannot decode" in rejected
 
-    def crash_at_3(step, entry):
-        if step == 3:
-            raise Crash("killed")
-
     with pytest.raises(Crash):
-        run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"), on_step=crash_at_3)
+        run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"), on_step=crash_at(3))
     resumed = run_training(cfg, str(tiny_dataset), str(tmp_path / "cut"))
     assert resumed["resumed_from"] == 2 and resumed["rejected"] == 1
     full_loss = [m["loss"] for m in _metrics(tmp_path / "full" / "metrics.jsonl")]

@@ -228,7 +228,9 @@ def create_app(gateway: Gateway | None = None, storage: Storage | None = None, a
         chosen = await job_or_404(job) if job else (runs[0] if runs else None)
         out = ((chosen or {}).get("spec") or {}).get("output", "")
         ckpts = await in_thread(views.checkpoints, app.state.storage, out) if out else []
-        return page(request, "training.html", runs=runs, job=chosen, out=out, checkpoints=ckpts)
+        points = await in_thread(views.training_metrics, app.state.storage, out) if out else []
+        return page(request, "training.html", runs=runs, job=chosen, out=out, checkpoints=ckpts,
+                    samples=views.training_samples(points))
 
     @app.get("/api/training/{service}/{job_id}/stream")
     async def training_stream(request: Request, service: str, job_id: str, after: int = 0):

@@ -169,8 +169,13 @@ def dataset_facts(stats: dict) -> list[tuple[str, str]]:
     return facts
 
 
+POINT_KEYS = ("step", "epoch", "loss", "lr", "step_time_s", "samples_per_s")
+OPTIONAL_POINT_KEYS = ("val_loss", "generated")  # only on the steps that validated or generated samples
+
+
 def training_metrics(storage: Storage, out: str, after: int = 0) -> list[dict]:
-    """metrics.jsonl lines with step > `after` (step, epoch, loss, lr, step time), [] before the first flush."""
+    """metrics.jsonl lines with step > `after` (step, epoch, loss, lr, step time, and where present the held-out
+    loss and the samples generated at that step), [] before the first flush."""
     uri = join(out, "metrics.jsonl")
     try:
         text = storage.read_text(uri)
@@ -182,8 +187,13 @@ def training_metrics(storage: Storage, out: str, after: int = 0) -> list[dict]:
             continue
         m = json.loads(line)
         if m.get("step", 0) > after:
-            points.append({k: m.get(k) for k in ("step", "epoch", "loss", "lr", "step_time_s", "samples_per_s")})
+            points.append({**{k: m.get(k) for k in POINT_KEYS}, **{k: m[k] for k in OPTIONAL_POINT_KEYS if k in m}})
     return points
+
+
+def training_samples(points: list[dict]) -> list[dict]:
+    """The samples generated during a run, newest step first: [{step, generated: [{prompt_id, prompt, video, sheet}]}]."""
+    return [{"step": p["step"], "generated": p["generated"]} for p in reversed(points) if p.get("generated")]
 
 
 def checkpoints(storage: Storage, out: str) -> list[dict]:

@@ -16,6 +16,7 @@ import yaml
 
 from ..models.specs import get_spec
 from ..platform.errors import InvalidArgument
+from .dataset import EXTRACTIONS
 from .timesteps import SAMPLINGS, WEIGHTINGS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -61,6 +62,22 @@ class TrainConfig:
     validation_dataset: str = ""
     validation_every_steps: int = 50       # loss at fixed timesteps with seeded noise, comparable over time
     validation_timesteps: int = 4          # fixed timesteps spread evenly over the trained range
+    # buckets and clip windows (off: every clip cropped to height x width, its first num_frames frames, as upstream)
+    buckets: bool = False                  # each clip to the size nearest its aspect ratio, windows per extraction
+    bucket_area: int = 0                   # pixels per frame of every bucket size (0: height x width)
+    bucket_max_aspect: float = 2.0         # the widest size's width/height (and the tallest's height/width)
+    bucket_frames: str = ""                # frame counts (4n+1) windows may have, e.g. "17,33,49" ("": num_frames);
+                                           # a clip takes the longest it fills, shorter clips are rejected
+    frame_extraction: str = "head"         # head | chunk (back to back) | slide (every frame_stride) | uniform
+    frame_stride: int = 16                 # slide: frames between window starts
+    frame_windows: int = 3                 # uniform: windows per clip, first to last frame evenly
+    # samples during training: fixed prompts generated with the LoRA as it is at that step (seeded)
+    sample_prompts: str = ""               # prompt file as for `vidtune eval generate --prompts` ("": no samples)
+    sample_every_steps: int = 100
+    sample_size: str = ""                  # HxWxF ("": height x width x num_frames)
+    sample_steps: int = 20                 # denoising steps
+    sample_cfg_scale: float = 5.0
+    sample_seed: int = 0
     # LoRA
     lora_rank: int = 32
     lora_alpha: float = 32.0
@@ -109,6 +126,38 @@ class TrainConfig:
     def targets(self) -> list[str]:
         return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
+    @property
+    def bucket_frame_counts(self) -> tuple[int, ...]:
+        v = self.bucket_frames
+        text = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v or "").strip()
+        try:
+            counts = sorted({int(x) for x in text.split(",") if x.strip()}) if text else [self.num_frames]
+        except ValueError:
+            raise InvalidArgument(f"bucket_frames={self.bucket_frames!r}: expected frame counts like 17,33,49") from None
+        return tuple(counts)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        if not self.sample_size:
+            return self.height, self.width, self.num_frames
+        try:
+            h, w, f = (int(x) for x in str(self.sample_size).lower().split("x"))
+        except ValueError:
+            raise InvalidArgument(f"sample_size={self.sample_size!r}: expected HxWxF, e.g. 480x832x49") from None
+        return h, w, f
+
+    def bucket_plan(self):
+        """The bucket sizes and window rule of this config (buckets on)."""
+        from .dataset import BucketPlan, bucket_sizes
+
+        area = self.bucket_area or self.height * self.width
+        return BucketPlan(tuple(bucket_sizes(area, self._size_step, self.bucket_max_aspect)), self.bucket_frame_counts,
+                          self.frame_extraction, self.frame_stride, self.frame_windows)
+
+    @property
+    def _size_step(self) -> int:
+        return max(16, self.spec.vae_stride * 2)  # VAE stride x DiT patch 2
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -130,11 +179,12 @@ class TrainConfig:
             raise InvalidArgument(f"model {spec.name} has two DiT experts: set expert to high or low")
         if self.num_frames < 1 or self.num_frames % 4 != 1:
             raise InvalidArgument(f"num_frames={self.num_frames}: Wan needs 4n+1 frames (e.g. 9, 49, 81, 121)")
-        div = spec.vae_stride * 2  # VAE stride x DiT patch 2
+        div = self._size_step
         for name in ("height", "width"):
             v = getattr(self, name)
-            if v <= 0 or v % 16 or v % div:
-                raise InvalidArgument(f"{name}={v}: must be a positive multiple of {max(16, div)} for {spec.name}")
+            if v <= 0 or v % div:
+                raise InvalidArgument(f"{name}={v}: must be a positive multiple of {div} for {spec.name}")
+        self._validate_buckets_and_samples()
         if self.precision not in PRECISIONS:
             raise InvalidArgument(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in SCHEDULES:
@@ -180,10 +230,45 @@ class TrainConfig:
             raise InvalidArgument(f"model {spec.name} needs weights (a directory or s3:// prefix); nothing is downloaded")
         return self
 
+    def _validate_buckets_and_samples(self) -> None:
+        if self.buckets:
+            if not self.use_cache:
+                raise InvalidArgument("buckets need use_cache: true (clips are probed, bucketed and encoded once)")
+            if self.frame_extraction not in EXTRACTIONS:
+                raise InvalidArgument(f"frame_extraction={self.frame_extraction!r}: choose one of {', '.join(EXTRACTIONS)}")
+            counts = self.bucket_frame_counts
+            bad = [f for f in counts if f < 1 or f % 4 != 1]
+            if bad:
+                raise InvalidArgument(f"bucket_frames={self.bucket_frames!r}: Wan needs 4n+1 frames, not {bad}")
+            if counts[-1] > self.num_frames or (self.bucket_area or 0) > self.height * self.width:
+                raise InvalidArgument(f"bucket_frames up to {counts[-1]} and bucket_area {self.bucket_area} must stay "
+                                      f"within num_frames {self.num_frames} and height x width "
+                                      f"{self.height * self.width}: the memory budget is sized for those")
+            if self.bucket_area < 0 or self.bucket_max_aspect < 1 or self.frame_stride < 1 or self.frame_windows < 1:
+                raise InvalidArgument("bucket_area must be >= 0, bucket_max_aspect >= 1, frame_stride and "
+                                      "frame_windows >= 1")
+            if not self.bucket_plan().sizes:
+                raise InvalidArgument(f"no bucket size of multiples of {self._size_step} fits bucket_area "
+                                      f"{self.bucket_area or self.height * self.width} within aspect {self.bucket_max_aspect}")
+        if self.sample_prompts:
+            if not self.use_cache:
+                raise InvalidArgument("sample_prompts needs use_cache: true (their text embeddings are cached)")
+            if len(self.spec.dit_roles) > 1:
+                raise InvalidArgument(f"sample_prompts: {self.spec.name} samples need both experts while a run "
+                                      "trains one; generate from its epochs with `vidtune eval generate`")
+            h, w, f = self.sample_shape
+            if h <= 0 or w <= 0 or h % self._size_step or w % self._size_step or f < 1 or f % 4 != 1:
+                raise InvalidArgument(f"sample_size={self.sample_size!r}: sizes multiples of {self._size_step}, "
+                                      "frames 4n+1")
+            if self.sample_every_steps < 1 or self.sample_steps < 1 or self.sample_cfg_scale <= 0:
+                raise InvalidArgument("sample_every_steps and sample_steps must be at least 1, sample_cfg_scale positive")
+
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _LATER_FINGERPRINT_FIELDS = ("timestep_sampling", "logit_mean", "logit_std", "sigmoid_scale", "timestep_shift",
-                             "loss_weighting", "base_weights_fp8", "vae_tiled", "vae_tile_size", "vae_tile_stride")
+                             "loss_weighting", "base_weights_fp8", "vae_tiled", "vae_tile_size", "vae_tile_stride",
+                             "buckets", "bucket_area", "bucket_max_aspect", "bucket_frames", "frame_extraction",
+                             "frame_stride", "frame_windows")
 
 
 def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:

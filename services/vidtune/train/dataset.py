@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def _operator(height: int, width: int, num_frames: int):
     ])
 
 
+def _detail(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
 def load_frames(path: str | Path, height: int, width: int, num_frames: int):
     """Decoded frames (PIL images) of a local video or image, cropped and resized like upstream training."""
     suffix = Path(path).suffix.lower()
@@ -130,8 +136,189 @@ def load_frames(path: str | Path, height: int, width: int, num_frames: int):
     try:
         frames = _operator(height, width, num_frames)(str(path))
     except Exception as e:  # any decoder error: the sample is rejected with the reason, the run continues
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
-        raise InvalidArgument(f"{path}: cannot decode ({type(e).__name__}: {detail})") from None
+        raise InvalidArgument(f"{path}: cannot decode ({_detail(e)})") from None
     if not frames:
         raise InvalidArgument(f"{path}: no frames")
     return frames
+
+
+# -- buckets and clip windows ---------------------------------------------------------------------------
+# With buckets on, a clip keeps its shape: it goes to the bucket size nearest its aspect ratio at one pixel
+# area, and yields one or more windows of consecutive frames (which ones: the extraction mode).
+
+EXTRACTIONS = ("head", "chunk", "slide", "uniform")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    height: int
+    width: int
+    frames: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.height}x{self.width}x{self.frames}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Bucket":
+        h, w, f = (int(x) for x in name.split("x"))
+        return cls(h, w, f)
+
+
+def bucket_sizes(area: int, step: int, max_aspect: float) -> list[tuple[int, int]]:
+    """(height, width) pairs, multiples of `step`, each the largest width for its height within `area`
+    pixels, with width/height and height/width at most `max_aspect`."""
+    sizes = []
+    for h in range(step, area // step + 1, step):
+        w = area // h // step * step
+        if w >= step and max(h / w, w / h) <= max_aspect + 1e-9:
+            sizes.append((h, w))
+    return sizes
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames [start, start + bucket.frames) of a sample, resized and cropped to the bucket's size."""
+
+    sample: Sample
+    bucket: Bucket
+    start: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.sample.id}[{self.start}:{self.start + self.bucket.frames}]"
+
+    @property
+    def prompt(self) -> str:
+        return self.sample.prompt
+
+    def cache_key(self, settings: str) -> str:
+        return self.sample.cache_key(f"{settings}\0{self.bucket.name}\0{self.start}")
+
+
+def cache_name(item: Sample | Window, settings: str) -> str:
+    """Where an item's cache entry lives below the cache prefix: one folder per bucket."""
+    key = item.cache_key(settings) + ".pt"
+    return f"{item.bucket.name}/{key}" if isinstance(item, Window) else key
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """Which bucket and windows a clip gets: a pure function of its size and frame count."""
+
+    sizes: tuple[tuple[int, int], ...]
+    frames: tuple[int, ...]          # 4n+1 counts, ascending
+    extraction: str = "head"
+    stride: int = 1                  # slide: frames between window starts
+    windows: int = 1                 # uniform: windows per clip
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The bucket size nearest the clip's aspect ratio (in log ratio; a tie goes to the larger area)."""
+        ratio = math.log(width / height)
+        return min(self.sizes, key=lambda hw: (abs(math.log(hw[1] / hw[0]) - ratio), -hw[0] * hw[1]))
+
+    def frames_for(self, n_frames: int, label: str) -> int:
+        """The longest frame count the clip can fill; an image (one frame) trains as one frame."""
+        if n_frames == 1:
+            return 1
+        fits = [f for f in self.frames if f <= n_frames]
+        if not fits:
+            raise InvalidArgument(f"{label}: {n_frames} frames, shorter than the shortest bucket "
+                                  f"({self.frames[0]} frames)")
+        return fits[-1]
+
+    def starts(self, n_frames: int, frames: int) -> list[int]:
+        last = n_frames - frames
+        if self.extraction == "head" or last == 0:
+            return [0]
+        if self.extraction == "chunk":
+            return list(range(0, last + 1, frames))
+        if self.extraction == "slide":
+            return list(range(0, last + 1, self.stride))
+        k = min(self.windows, last + 1)  # uniform: first to last frame, evenly
+        return sorted({round(i * last / (k - 1)) for i in range(k)}) if k > 1 else [0]
+
+    def plan(self, width: int, height: int, n_frames: int, label: str) -> tuple[Bucket, list[int]]:
+        h, w = self.size_for(width, height)
+        frames = self.frames_for(n_frames, label)
+        return Bucket(h, w, frames), self.starts(n_frames, frames)
+
+
+def _resizer(bucket: Bucket):
+    from diffsynth.core.data.operators import ImageCropAndResize
+
+    return ImageCropAndResize(bucket.height, bucket.width, None, 16, 16)
+
+
+def _probe(path: str | Path) -> tuple[int, int, int]:
+    """(width, height, frames) of a video's first stream; frames counted from its packets (exact, no decoding)."""
+    import av
+
+    with av.open(str(path), options=SAFE_OPEN_OPTIONS) as container:
+        stream = container.streams.video[0]
+        n = sum(1 for p in container.demux(stream) if p.size and p.pts is not None)
+        return stream.codec_context.width, stream.codec_context.height, n
+
+
+def clip_windows(path: str | Path, plan: BucketPlan, label: str | None = None):
+    """(bucket, starts, iterator of (start, frames)) for a local video or image.
+
+    Frames are decoded once, in order, each resized as it arrives; only frames a pending window still
+    needs are kept, so a long clip never sits in memory whole.
+    """
+    label = label or str(path)
+    suffix = Path(path).suffix.lower()
+    if suffix not in MEDIA_EXTENSIONS:
+        raise InvalidArgument(f"{label}: unsupported media type {suffix or '(none)'}")
+    if suffix in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
+        from PIL import Image
+
+        try:
+            image = Image.open(path).convert("RGB")
+        except Exception as e:
+            raise InvalidArgument(f"{label}: cannot decode ({_detail(e)})") from None
+        bucket, starts = plan.plan(image.width, image.height, 1, label)
+        return bucket, starts, iter([(0, [_resizer(bucket)(image)])])
+    import av
+
+    try:
+        width, height, n_frames = _probe(path)
+    except Exception as e:
+        raise InvalidArgument(f"{label}: cannot decode ({_detail(e)})") from None
+    if not n_frames or not width or not height:
+        raise InvalidArgument(f"{label}: no frames")
+    bucket, starts = plan.plan(width, height, n_frames, label)
+    return bucket, starts, _decode_windows(path, bucket, starts, n_frames, label)
+
+
+def _decode_windows(path, bucket: Bucket, starts: list[int], n_frames: int, label: str):
+    import av
+    from PIL import Image
+
+    resize, f = _resizer(bucket), bucket.frames
+    pending, kept, index = list(starts), {}, -1
+    try:
+        container = av.open(str(path), options=SAFE_OPEN_OPTIONS)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+    except Exception as e:
+        raise InvalidArgument(f"{label}: cannot decode ({_detail(e)})") from None
+    try:
+        for frame in container.decode(stream):
+            index += 1
+            if not pending:
+                break
+            if any(s <= index < s + f for s in pending):
+                kept[index] = resize(Image.fromarray(frame.to_ndarray(format="rgb24")))
+            while pending and index == pending[0] + f - 1:
+                start = pending.pop(0)
+                yield start, [kept[i] for i in range(start, start + f)]
+                for i in [i for i in kept if not pending or i < pending[0]]:
+                    del kept[i]
+    except Exception as e:
+        raise InvalidArgument(f"{label}: cannot decode frame {index + 1} ({_detail(e)})") from None
+    finally:
+        container.close()
+    if pending:
+        raise InvalidArgument(f"{label}: {index + 1} of {n_frames} frames decodable; the window at frame "
+                              f"{pending[0]} cannot be filled")

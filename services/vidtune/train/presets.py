@@ -13,6 +13,11 @@ import dataclasses
 from ..platform.errors import InvalidArgument
 from .config import TrainConfig
 
+# Archive clips (16:9 and portrait, 3-45 s) keep their shape and use frames from start to end: each clip goes to
+# the size nearest its aspect ratio at the preset's pixel area, as three windows (first, middle, last frames)
+# of the longest frame count it fills. Buckets never exceed the preset's size, so its memory budget holds.
+_BUCKETS = dict(buckets=True, bucket_max_aspect=2.0, frame_extraction="uniform", frame_windows=3)
+
 PRESETS: dict[str, dict] = {
     "cpu-tiny": dict(
         model="tiny", height=64, width=64, num_frames=9, epochs=2, dataset_repeat=1, learning_rate=1e-3,
@@ -31,6 +36,7 @@ PRESETS: dict[str, dict] = {
         gradient_accumulation_steps=4, gradient_checkpointing=True, precision="fp16", device="cuda",
         deepspeed_stage=2, deepspeed_offload_optimizer=False, num_gpus=2, save_every_steps=200, hang_timeout_s=3600,
         memory_per_gpu_gb=22.0, cache_offload=True, vae_tiled=True, vae_tile_size=16, vae_tile_stride=8,
+        **_BUCKETS, bucket_frames="17,33,49",
         notes=("2x V100 32GB. fp16 weights and compute with DeepSpeed ZeRO-2 dynamic loss scaling "
                "(fp16.loss_scale 0): V100 has no bf16 units. umT5 and the VAE run only in the caching "
                "stage, in fp32, so the text encoder never sees fp16; they take turns on the GPU (22.7 GB umT5, "
@@ -44,6 +50,7 @@ PRESETS: dict[str, dict] = {
         precision="fp16", device="cuda", deepspeed_stage=2, deepspeed_offload_optimizer=True, num_gpus=8,
         save_every_steps=200, hang_timeout_s=3600, base_weights_fp8=True, activation_offload=True,
         memory_per_gpu_gb=27.0, cache_offload=True, vae_tiled=True, vae_tile_size=32, vae_tile_stride=16,
+        **_BUCKETS, bucket_frames="17,33,49",
         notes=("One A14B expert on a V100 32GB: frozen block weights stored in fp8 e4m3 (14.5 GB instead of "
                "28.6 GB in fp16), optimizer state offloaded to the CPU, the 40 blocks' checkpointed inputs "
                "(8.3 GB at 20,280 tokens: 480x832x49 -> 13x60x104 latent, VAE stride 8) kept in CPU memory; "
@@ -54,7 +61,7 @@ PRESETS: dict[str, dict] = {
         model="wan2.2-ti2v-5b", height=704, width=1280, num_frames=121, epochs=5, learning_rate=1e-4,
         lr_schedule="cosine", warmup_steps=50, lora_rank=32, lora_alpha=32.0, gradient_accumulation_steps=1,
         gradient_checkpointing=True, precision="bf16", device="cuda", deepspeed_stage=2, num_gpus=1,
-        save_every_steps=200, hang_timeout_s=3600, memory_per_gpu_gb=48.0,
+        save_every_steps=200, hang_timeout_s=3600, memory_per_gpu_gb=48.0, **_BUCKETS, bucket_frames="49,81,121",
         node_selector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
         notes=("A100 80GB, bf16 (native). Expected: ~10 GB DiT (bf16) + ~35 GB activations for "
                "704x1280x121 (44x80x31 latent, 27280 tokens, checkpointed) + ~1 GB LoRA/Adam = ~48 GB."),

@@ -6,7 +6,9 @@ CLI (`vidtune train run`), the job handler and the demo. Everything a run produc
 """
 from __future__ import annotations
 
+import functools
 import gc
+import html
 import json
 import logging
 import math
@@ -26,10 +28,11 @@ from ..platform.report import Report, new_figure, png_bytes
 from ..platform.storage import Storage, join
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
-from .dataset import Sample, load_frames, read_metadata
+from .dataset import Bucket, Sample, Window, cache_name, clip_windows, load_frames, read_metadata
 from .launch import make_accelerator
 from .numerics import SkippedSteps, is_finite
 from .order import DataOrder
+from .sampling import Sampler, cache_prompt_embeddings
 from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,13 @@ class RunPaths:
 def cache_settings(cfg: TrainConfig) -> str:
     dtype = "bf16" if cfg.precision == "bf16" else "fp32"
     tiled = f"-tiled{cfg.vae_tile_size}s{cfg.vae_tile_stride}" if cfg.vae_tiled else ""  # tiles change latents slightly
+    if cfg.buckets:
+        plan = cfg.bucket_plan()
+        extraction = {"slide": f"slide{plan.stride}", "uniform": f"uniform{plan.windows}"}.get(plan.extraction,
+                                                                                             plan.extraction)
+        area = cfg.bucket_area or cfg.height * cfg.width
+        return (f"{cfg.spec.name}-buckets{area}a{cfg.bucket_max_aspect:g}-f{'.'.join(map(str, plan.frames))}"
+                f"-{extraction}-{dtype}{tiled}")
     return f"{cfg.spec.name}-{cfg.height}x{cfg.width}x{cfg.num_frames}-{dtype}{tiled}"
 
 
@@ -88,11 +98,14 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
     from .module import EncoderPlacement, cache_pipeline, encode_prompts, encode_sample, split_text_units, vae_tiling
 
     settings = paths.cache_settings
-    todo = [s for i, s in enumerate(samples) if i % world == rank
-            and not storage.exists(join(paths.cache, s.cache_key(settings) + ".pt"))]
     rejected_uri = join(paths.cache, f"rejected-{rank}.jsonl")
     rejected = _read_rejected(storage, rejected_uri)
-    todo = [s for s in todo if s.id not in rejected]
+    mine = [s for i, s in enumerate(samples) if i % world == rank and s.id not in rejected]
+    if cfg.buckets:  # a clip is done once its windows are indexed (after its entries are written)
+        done = read_windows(paths, storage)
+        todo = [s for s in mine if s.id not in done]
+    else:
+        todo = [s for s in mine if not storage.exists(join(paths.cache, cache_name(s, settings)))]
     if not todo:
         return rejected
     pipe = cache_pipeline(cfg, storage=storage)
@@ -100,6 +113,26 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
     text_units = split_text_units(units)[0]
     placement = EncoderPlacement(pipe, str(pipe.device), cfg.cache_offload)
     tiling = vae_tiling(cfg)
+
+    def save(item, frames, text) -> None:
+        name = cache_name(item, settings)
+        if isinstance(item, Window) and storage.exists(join(paths.cache, name)):
+            return  # encoded by an attempt that stopped before the clip was indexed
+        local = scratch / Path(name).name
+        torch.save(encode_sample(pipe, units, frames, item.prompt, cfg.spec.family, text=text, tiling=tiling), local)
+        storage.upload(local, join(paths.cache, name))
+        local.unlink()
+
+    plan = cfg.bucket_plan() if cfg.buckets else None
+    indexed, flushed = {}, time.monotonic()
+
+    def flush_index() -> None:
+        # Append-only parts: rewriting one growing index per clip would upload it thousands of times.
+        if indexed:
+            storage.write_jsonl(join(paths.cache, f"windows-{rank}-{time.time_ns()}.jsonl"),
+                                ({"id": k, **v} for k, v in indexed.items()))
+            indexed.clear()
+
     n = 0
     # umT5 encodes a chunk's prompts, then the VAE its clips: with offload the two never share the GPU.
     for start in range(0, len(todo), cfg.cache_text_chunk):
@@ -111,30 +144,82 @@ def build_cache(cfg: TrainConfig, samples: list[Sample], paths: RunPaths, storag
         for sample, text in zip(chunk, texts):
             check_cancelled()
             n += 1
+            save_with_text = functools.partial(save, text=text)
             try:
-                frames = _decode(sample, cfg, storage, scratch)
-            except (InvalidArgument, NotFound) as e:  # one corrupt or missing file never fails the run
+                if plan is None:
+                    save_with_text(sample, _decode(sample, cfg, storage, scratch))
+                else:
+                    indexed[sample.id] = _cache_windows(sample, plan, storage, scratch, save_with_text)
+            except (InvalidArgument, NotFound) as e:  # one corrupt, missing or too short file never fails the run
                 _record_rejection(storage, rejected_uri, rejected, sample, e)
                 continue
-            entry = encode_sample(pipe, units, frames, sample.prompt, cfg.spec.family, text=text, tiling=tiling)
-            local = scratch / f"{sample.cache_key(settings)}.pt"
-            torch.save(entry, local)
-            storage.upload(local, join(paths.cache, local.name))
-            local.unlink()
+            if time.monotonic() - flushed > 60:
+                flush_index()
+                flushed = time.monotonic()
             progress(n, len(todo), f"caching latents and text embeddings {n}/{len(todo)}")
+    flush_index()
     del pipe, placement
     gc.collect()
     return rejected
 
 
-def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path, attempts: int = 2):
-    """Frames of a sample; a failure is retried once on a fresh copy, since the decoder's probe
-    can time out on a loaded machine and a rejection is permanent for the run."""
+def _cache_windows(sample: Sample, plan, storage: Storage, scratch: Path, save) -> dict:
+    """Encode every window of one clip; returns its index line (bucket and window starts)."""
+    def encode(local: Path) -> dict:
+        bucket, starts, windows = clip_windows(local, plan, label=sample.uri)
+        for start, frames in windows:
+            save(Window(sample, bucket, start), frames)
+        return {"bucket": bucket.name, "starts": starts}
+
+    return _on_local_copy(sample, storage, scratch, encode)
+
+
+def read_windows(paths: RunPaths, storage: Storage) -> dict[str, dict]:
+    """{clip id: {bucket, starts}} from every index part of the bucketed cache (all ranks, all attempts)."""
+    index: dict[str, dict] = {}
+    for uri in storage.list(paths.cache + "/", recursive=False):
+        if Path(uri).name.startswith("windows-"):
+            index.update({r["id"]: {"bucket": r["bucket"], "starts": r["starts"]} for r in storage.read_jsonl(uri)})
+    return index
+
+
+def bucket_windows(samples: list[Sample], paths: RunPaths, storage: Storage) -> list[Window]:
+    """The training windows of the bucketed cache, in dataset order then frame order."""
+    index = read_windows(paths, storage)
+    return [Window(s, Bucket.parse(index[s.id]["bucket"]), start)
+            for s in samples if s.id in index for start in index[s.id]["starts"]]
+
+
+def _bucket_groups(items: list[Window]) -> tuple[int, ...]:
+    names = sorted({w.bucket.name for w in items})
+    return tuple(names.index(w.bucket.name) for w in items)
+
+
+def bucket_table(items: list[Window]) -> list[dict]:
+    """Per bucket: the clips, windows and frames it holds (the dataset report's bucket table)."""
+    rows: dict[str, dict] = {}
+    for w in items:
+        row = rows.setdefault(w.bucket.name, {"bucket": w.bucket.name, "clips": set(), "windows": 0, "frames": 0})
+        row["clips"].add(w.sample.id)
+        row["windows"] += 1
+        row["frames"] += w.bucket.frames
+    return [{**r, "clips": len(r["clips"])} for _, r in sorted(rows.items())]
+
+
+def _decode(sample: Sample, cfg: TrainConfig, storage: Storage, scratch: Path):
+    """Frames of a sample, cropped to the one configured size (buckets off)."""
+    return _on_local_copy(sample, storage, scratch, lambda local: load_frames(local, cfg.height, cfg.width,
+                                                                               cfg.num_frames))
+
+
+def _on_local_copy(sample: Sample, storage: Storage, scratch: Path, fn, attempts: int = 2):
+    """`fn(local path)` on a local copy of a sample. A failure is retried once on a fresh copy, since the
+    decoder's probe can time out on a loaded machine and a rejection is permanent for the run."""
     for attempt in range(attempts):
         try:
             with storage.local_copy(sample.uri, scratch) as local:
                 try:
-                    return load_frames(local, cfg.height, cfg.width, cfg.num_frames)
+                    return fn(local)
                 except InvalidArgument as e:  # name the sample's URI, not a temporary copy
                     raise InvalidArgument(str(e).replace(str(local), sample.uri)) from None
         except InvalidArgument:
@@ -199,8 +284,8 @@ class CacheReader:
     def __init__(self, paths: RunPaths, storage: Storage, local_dir: Path):
         self.paths, self.storage, self.local_dir = paths, storage, local_dir
 
-    def __call__(self, sample: Sample):
-        name = sample.cache_key(self.paths.cache_settings) + ".pt"
+    def __call__(self, item: Sample | Window):
+        name = cache_name(item, self.paths.cache_settings)
         uri = join(self.paths.cache, name)
         local = Path(uri) if not uri.startswith("s3://") else self.local_dir / name
         if not local.exists():
@@ -300,6 +385,7 @@ class RunResult:
     rejected: int = 0
     final_loss: float = float("nan")
     skipped_steps: int = 0
+    buckets: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -363,17 +449,29 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         accelerator.wait_for_everyone()
         rejected = all_rejected(paths, storage)
         samples = [s for s in samples if s.id not in rejected]
-    held_out: list[Sample] = []
+    held_out: list = []
     if cfg.validation_dataset:
         held_out = validation_samples(cfg, storage)
         dog.beat("caching held-out clips")
         build_cache(cfg, held_out, paths, storage, scratch, rank, world, caching_progress, check_cancelled)
         accelerator.wait_for_everyone()
         held_out = [s for s in held_out if s.id not in all_rejected(paths, storage)]
-    if not samples:
+    # With buckets a training item is one window of a clip; without, one clip (its first frames).
+    items: list = bucket_windows(samples, paths, storage) if cfg.buckets else samples
+    if cfg.buckets and held_out:
+        held_out = bucket_windows(held_out, paths, storage)
+    prompts = []
+    if cfg.sample_prompts:
+        dog.beat("caching the sample prompts")
+        prompts = cache_prompt_embeddings(cfg, paths.cache, storage, scratch, main)
+        accelerator.wait_for_everyone()
+    if not items:
         raise FailedPrecondition(f"dataset {cfg.dataset}: every sample was rejected ({len(rejected)}); "
                                  f"see {paths.cache}/rejected-*.jsonl")
-    order = DataOrder(len(samples), cfg.dataset_repeat, cfg.seed, cfg.epochs, cfg.gradient_accumulation_steps, world)
+    buckets = bucket_table(items) if cfg.buckets else []
+    groups = _bucket_groups(items) if cfg.buckets else ()
+    order = DataOrder(len(items), cfg.dataset_repeat, cfg.seed, cfg.epochs, cfg.gradient_accumulation_steps, world,
+                      groups=groups)
     total = order.total_steps
 
     # 2. model, optimizer, schedule
@@ -400,7 +498,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     state = ckpt.latest_state(out, storage)
     if state is not None:
         local, trainer_state = ckpt.fetch_state(state, storage, scratch / "resume")
-        if trainer_state.get("fingerprint") != cfg.fingerprint() or trainer_state.get("n_samples") != len(samples):
+        if trainer_state.get("fingerprint") != cfg.fingerprint() or trainer_state.get("n_samples") != len(items):
             raise FailedPrecondition(f"{out} holds a run with another config or dataset "
                                      f"(state at step {state['step']}); use a new output location")
         kwargs = {"load_module_strict": False} if deepspeed else {"strict": False}
@@ -418,8 +516,9 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     reader = CacheReader(paths, storage, scratch / "cache") if cfg.use_cache else None
     decoder = None if cfg.use_cache else DecodingReader(cfg, samples, paths, storage, scratch, rank)
     unwrapped = accelerator.unwrap_model(model)
+    sampler = Sampler(cfg, prompts, paths.cache, out, storage, scratch, rank, world) if prompts else None
     result = RunResult(steps=start, total_steps=total, resumed_from=resumed_from, out=out,
-                       samples=len(samples), rejected=len(rejected))
+                       samples=len(items), rejected=len(rejected), buckets=buckets)
     if metrics:  # a resumed (or already finished) run reports the loss it reached, not NaN
         result.final_loss = float(metrics[-1]["loss"])
     epochs_written: dict[int, str] = {}
@@ -444,7 +543,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         accelerator.save_state(str(local), **kwargs)
         if main:
             ckpt.publish_state(local, out, step, storage, cfg.keep_states, {
-                "step": step, "total_steps": total, "fingerprint": cfg.fingerprint(), "n_samples": len(samples),
+                "step": step, "total_steps": total, "fingerprint": cfg.fingerprint(), "n_samples": len(items),
                 "order": {"seed": cfg.seed, "repeat": cfg.dataset_repeat, "epochs": cfg.epochs,
                           "grad_accum": cfg.gradient_accumulation_steps, "world_size": world}})
             if metrics:
@@ -469,7 +568,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         for index in ids:
             with accelerator.accumulate(model):
                 if cfg.use_cache:
-                    sample = samples[index]
+                    sample = items[index]
                     loss = model(cached=reader(sample))
                 else:
                     sample, frames = decoder(index)
@@ -502,7 +601,7 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         loss_scale = _loss_scale(model) if deepspeed else None
         # This rank's samples as trained (a substitute where one was rejected), the others' as scheduled.
         all_ids = [sid for r in range(world) for sid in
-                   (trained_ids if r == rank else [samples[i].id for i in order.step_samples(step, r)])]
+                   (trained_ids if r == rank else [items[i].id for i in order.step_samples(step, r)])]
         entry = {"step": done, "epoch": order.sample_at(step * order.per_step)[0], "loss": loss_value, "lr": lr,
                  "step_time_s": round(dt, 4), "samples_per_s": round(order.per_step / dt, 3),
                  "memory_mb": round(memory_mb(cfg.device), 1), "samples": all_ids}
@@ -517,6 +616,10 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
         if held_out and (done % cfg.validation_every_steps == 0 or done == end):
             dog.beat("validating", done)
             entry.update(validate(unwrapped, cfg, held_out, reader))
+        if sampler is not None and (done % cfg.sample_every_steps == 0 or done == end):
+            dog.beat("generating samples", done)
+            entry["generated"] = sampler(unwrapped, done)
+            accelerator.wait_for_everyone()
         val = f" val_loss={entry['val_loss']:.4f}" if "val_loss" in entry else ""
         progress(done, total, f"loss={loss_value:.4f}{val} lr={lr:.2e} {entry['samples_per_s']:.2f} samples/s")
         completed = order.epochs_completed(done)
@@ -566,6 +669,10 @@ def _run(cfg: TrainConfig, out: str, max_steps: int | None, progress: Progress, 
     return result
 
 
+def _relative(uri: str, out: str) -> str:
+    return uri[len(out.rstrip("/")) + 1:] if uri.startswith(out.rstrip("/") + "/") else uri
+
+
 def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejected: dict, storage: Storage,
                  loss_png: bytes) -> str:
     """The human-facing summary of a run: loss curve, throughput and where the checkpoints are."""
@@ -584,6 +691,26 @@ def write_report(cfg: TrainConfig, result: RunResult, metrics: list[dict], rejec
     ])
     rep.bullets([f"LoRA (DiffSynth): {result.lora}", f"LoRA (ComfyUI): {result.lora_comfyui}",
                  *[f"epoch {e}: {u}" for e, u in result.epochs.items()]])
+    if result.buckets:
+        area = cfg.bucket_area or cfg.height * cfg.width
+        rep.heading("Dataset buckets")
+        rep.paragraph(f"Each clip trains at the size nearest its aspect ratio at {area} pixels per frame, as windows of "
+                      f"the longest of {cfg.bucket_frames or cfg.num_frames} frames it fills "
+                      f"({cfg.frame_extraction} extraction); an epoch draws its steps bucket by bucket.")
+        rep.table(["bucket (HxWxF)", "clips", "windows (samples)", "frames"],
+                  [[b["bucket"], b["clips"], b["windows"], b["frames"]] for b in result.buckets])
+    sampled = [m for m in metrics if m.get("generated")]
+    if sampled:
+        rep.heading("Samples during training")
+        rep.paragraph(f"The prompts of {cfg.sample_prompts} generated every {cfg.sample_every_steps} steps with the LoRA "
+                      f"as it was, seed {cfg.sample_seed}, {cfg.sample_steps} steps, guidance {cfg.sample_cfg_scale:g}.")
+        for m in sampled:
+            rel = [(g, _relative(g["sheet"], result.out), _relative(g["video"], result.out)) for g in m["generated"]]
+            rep.raw_html(f"<h3>step {m['step']}</h3>" + "".join(
+                f'<figure><a href="{html.escape(v)}"><img src="{html.escape(i)}" alt="{html.escape(g["prompt_id"])}"></a>'
+                f'<figcaption>{html.escape(g["prompt_id"])}: {html.escape(g["prompt"])}</figcaption></figure>'
+                for g, i, v in rel), markdown=f"### step {m['step']}\n\n" + "\n".join(
+                f"![{g['prompt_id']}]({i}) [video]({v})" for g, i, v in rel))
     validations = [m for m in metrics if "val_loss" in m]
     if validations:
         rep.heading("Validation")

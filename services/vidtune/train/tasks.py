@@ -76,14 +76,16 @@ def request_spec(request) -> dict:
 
 
 def _weights_locations(spec: dict) -> dict[str, list[str]]:
-    """The weights and held-out dataset a config names: a remote caller gets the same access policy for
-    them as for `dataset`."""
+    """The weights, held-out dataset and sample prompts a config names: a remote caller gets the same access
+    policy for them as for `dataset`."""
     from vidtune.models.loading import weight_locations
 
     cfg = config_of(spec)
     locations = {"config weights": weight_locations(cfg.weights)}
     if cfg.validation_dataset:
         locations["config validation_dataset"] = [cfg.validation_dataset]
+    if cfg.sample_prompts:
+        locations["config sample_prompts"] = [cfg.sample_prompts]
     return locations
 
 

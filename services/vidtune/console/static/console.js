@@ -106,10 +106,37 @@ const vt = (() => {
     });
   }
 
+  // A step's generated samples, added on top of the samples list unless the page already shows that step.
+  function addSamples(p) {
+    const box = document.getElementById("train-samples");
+    if (!box || box.querySelector(`section[data-step="${p.step}"]`)) return;
+    const none = document.getElementById("no-samples");
+    if (none) none.remove();
+    const url = (uri) => "/files?uri=" + encodeURIComponent(uri);
+    const sec = document.createElement("section");
+    sec.className = "samples"; sec.dataset.step = p.step;
+    sec.appendChild(document.createElement("h3")).textContent = `step ${p.step}`;
+    const row = sec.appendChild(document.createElement("div"));
+    row.className = "side-by-side";
+    p.generated.forEach((g) => {
+      const fig = row.appendChild(document.createElement("figure"));
+      const v = fig.appendChild(document.createElement("video"));
+      Object.assign(v, { controls: true, muted: true, loop: true, playsInline: true, preload: "metadata", src: url(g.video), poster: url(g.sheet), width: 192 });
+      const a = fig.appendChild(document.createElement("a"));
+      a.href = url(g.sheet);
+      const img = a.appendChild(document.createElement("img"));
+      Object.assign(img, { src: url(g.sheet), alt: g.prompt_id, className: "sheet" });
+      const cap = fig.appendChild(document.createElement("figcaption"));
+      cap.textContent = `${g.prompt_id} · seed ${g.seed} — ${g.prompt}`;
+    });
+    box.insertBefore(sec, box.firstChild);
+  }
+
   function liveTraining(url) {
     const pts = [];
     const draw = () => {
       lineChart(document.getElementById("loss-chart"), pts.map((p) => [p.step, p.loss]), { x: "step", height: 240 });
+      lineChart(document.getElementById("val-chart"), pts.filter((p) => p.val_loss != null).map((p) => [p.step, p.val_loss]), { x: "step" });
       lineChart(document.getElementById("lr-chart"), pts.map((p) => [p.step, p.lr]), { x: "step" });
       lineChart(document.getElementById("time-chart"), pts.map((p) => [p.step, p.step_time_s]), { x: "step" });
       document.getElementById("points").textContent = pts.length;
@@ -119,7 +146,12 @@ const vt = (() => {
     const open = () => {
       const after = pts.length ? pts[pts.length - 1].step : 0;
       es = new EventSource(url + "?after=" + after);
-      es.addEventListener("points", (ev) => { pts.push(...JSON.parse(ev.data)); draw(); });
+      es.addEventListener("points", (ev) => {
+        const fresh = JSON.parse(ev.data);
+        pts.push(...fresh);
+        fresh.filter((p) => p.generated).forEach(addSamples);
+        draw();
+      });
       es.addEventListener("job", (ev) => {
         const j = JSON.parse(ev.data);
         document.getElementById("train-state").textContent = j.state;
