@@ -81,8 +81,9 @@ class ClipModel:
                 "context_length": self.context_length, "random_weights": self.random_weights}
 
     def preprocess(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
-        """uint8 [N, H, W, 3] (or N frames of any sizes) -> normalised float [N, 3, S, S]: open_clip's validation transform (torchvision
-        Resize of the shorter side with PIL bicubic, CenterCrop, ToTensor, Normalize), the same numbers."""
+        """uint8 [N, H, W, 3] (or N frames of any sizes) -> normalised float [N, 3, S, S]: open_clip's validation
+        transform (torchvision Resize of the shorter side with PIL bicubic, CenterCrop, ToTensor, Normalize),
+        the same numbers."""
         x = torch.from_numpy(np.stack([_resize_crop(f, self.image_size) for f in frames]))
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
@@ -100,7 +101,8 @@ class ClipModel:
 
                 s = self.image_size
                 example = torch.linspace(-2.0, 2.0, 3 * s * s).view(1, 3, s, s)
-                tower = packed_copy(tower, example) or tower
+                fast = packed_copy(tower, example)
+                tower = tower if fast is None else fast
             self._tower = tower
         return self._tower
 
