@@ -73,7 +73,7 @@ PER_VIDEO_METRICS = [m for m in METRIC_DOCS if m != "fvd"]
 # Bump when a formula or its numbers change, so stored records are scored again (3: CLIP frames preprocessed
 # exactly as open_clip's transform; the float-tensor resize before it gave slightly different CLIP values).
 METRICS_VERSION = 3
-VIDEOS_PER_BATCH = 4    # videos decoded together (81 frames of 1280x720 RGB: 220 MB each); shared CLIP and I3D batches
+VIDEOS_PER_BATCH = 4    # videos decoded together (81 frames of 1280x720 RGB: 220 MB each); their CLIP frames batched together
 WORKERS = 2             # threads for decoding and the metric work (PyAV, OpenCV, PIL, torch release the GIL)
 
 
