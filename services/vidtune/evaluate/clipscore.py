@@ -24,8 +24,9 @@ fit the context, each chunk is embedded, and the text embedding is the normalise
 embeddings (each chunk counts equally). A single sentence longer than the context is cut at the context;
 at most MAX_CAPTION_CHUNKS chunks are kept. Every record states the caption's tokens, chunks and the share
 of its tokens the encoder saw (`prompt_kept_share`, 1.0 unless a sentence was cut or chunks were dropped).
-Images are resized (shorter side to the model's image size, bicubic, antialiased), centre-cropped and
-normalised with the model's mean/std, exactly as open_clip's validation transform does, but batched on tensors.
+Images are resized (shorter side to the model's image size, PIL bicubic, antialiased), centre-cropped and
+normalised with the model's mean/std, exactly as open_clip's validation transform does (the same numbers),
+and encoded in batches.
 """
 from __future__ import annotations
 
@@ -73,32 +74,45 @@ class ClipModel:
     random_weights: bool = False  # a tiny random bundle (tests, demo): its scores are meaningless
     _text_cache: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
+    _tower: torch.nn.Module | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
         return {"model": self.name, "weights": self.source, "image_size": self.image_size,
                 "context_length": self.context_length, "random_weights": self.random_weights}
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> normalised float [N, 3, S, S] (resize shorter side, centre crop)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-        h, w = x.shape[-2:]
-        s = self.image_size
-        if (h, w) != (s, s):
-            scale = s / min(h, w)
-            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-            top, left = (nh - s) // 2, (nw - s) // 2
-            x = x[..., top:top + s, left:left + s].clamp_(0.0, 1.0)
+    def preprocess(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """uint8 [N, H, W, 3] (or N frames of any sizes) -> normalised float [N, 3, S, S]: open_clip's validation
+        transform (torchvision Resize of the shorter side with PIL bicubic, CenterCrop, ToTensor, Normalize),
+        the same numbers."""
+        x = torch.from_numpy(np.stack([_resize_crop(f, self.image_size) for f in frames]))
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return x.sub_(mean).div_(std).to(self.device)
+
+    def image_tower(self) -> torch.nn.Module:
+        """The image encoder the metric pass runs: on the CPU, a copy of the tower with its Linear layers on
+        oneDNN (onednn.py; about twice as fast on AMD CPUs, same fp32 numbers); otherwise the tower itself.
+        Built on first use, holding a second copy of the tower's Linear weights."""
+        if self._tower is None:
+            tower = self.model.visual
+            if self.device == "cpu":
+                from .onednn import packed_copy
+
+                s = self.image_size
+                example = torch.linspace(-2.0, 2.0, 3 * s * s).view(1, 3, s, s)
+                fast = packed_copy(tower, example)
+                tower = tower if fast is None else fast
+            self._tower = tower
+        return self._tower
 
     @torch.inference_mode()
-    def encode_frames(self, frames: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        """Unit-norm image embeddings [N, D] of uint8 RGB frames."""
+    def encode_frames(self, frames: np.ndarray | list[np.ndarray], batch_size: int = 8) -> torch.Tensor:
+        """Unit-norm image embeddings [N, D] of uint8 RGB frames (an array, or a list of frames of any sizes)."""
+        tower = self.image_tower()
         out = []
         for i in range(0, len(frames), batch_size):
-            emb = self.model.encode_image(self.preprocess(frames[i:i + batch_size]))
+            emb = tower(self.preprocess(frames[i:i + batch_size]))
             out.append(F.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out)
 
@@ -151,6 +165,19 @@ class ClipModel:
                 self._text_cache[t] = F.normalize(emb[start:start + len(chunks)].mean(0), dim=-1)
                 start += len(chunks)
         return torch.stack([self._text_cache[t] for t in texts])
+
+
+def _resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's Resize(size) (shorter side to `size`, longer side truncated, PIL bicubic with its
+    antialiasing) then CenterCrop(size), on one uint8 RGB frame. PIL resizes without holding the GIL."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    nh, nw = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+    if (nh, nw) != (h, w):
+        frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BICUBIC))
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return frame[top:top + size, left:left + size]
 
 
 def text_video_cosine(frame_emb: torch.Tensor, text_emb: torch.Tensor) -> float:

@@ -20,7 +20,8 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -69,9 +70,11 @@ METRIC_DOCS: dict[str, tuple[str, str, str, str]] = {
             "I3D TorchScript (features, rescale=False, resize=False)", "squared feature units; per SET, lower is better"),
 }
 PER_VIDEO_METRICS = [m for m in METRIC_DOCS if m != "fvd"]
-METRICS_VERSION = 2     # bump when a formula changes, so stored records are scored again
-VIDEOS_PER_BATCH = 4    # videos decoded together (81 frames of 1280x720 RGB: 220 MB each); shared CLIP and I3D batches
-WORKERS = 2             # threads for decoding and OpenCV statistics (both release the GIL)
+# Bump when a formula or its numbers change, so stored records are scored again (3: CLIP frames preprocessed
+# exactly as open_clip's transform; the float-tensor resize before it gave slightly different CLIP values).
+METRICS_VERSION = 3
+VIDEOS_PER_BATCH = 4    # videos decoded together (81 frames of 1280x720 RGB: 220 MB each); their CLIP frames batched together
+WORKERS = 2             # threads for decoding and the metric work (PyAV, OpenCV, PIL, torch release the GIL)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class ScoreSettings:
     reference: str | None = None      # reference clips: directory with category subfolders, or a manifest
     sample_frames: int = 16
     fvd_size: int = fvdlib.DEFAULT_SIZE
-    batch_size: int = 32
+    batch_size: int = 8             # CLIP frames per forward, one core each (8: fastest per frame on the bench CPU)
     grades: str | None = None         # grades config path/URI; None: the packaged grades.yaml
     device: str = "cpu"
 
@@ -117,16 +120,24 @@ class Scorer:
     def batch_metrics(self, videos: list[tuple[np.ndarray, str | None]]
                       ) -> list[tuple[dict, np.ndarray | None, dict]]:
         """(metrics, I3D features or None, notes) per decoded video. Each video's frames are resized once per
-        consumer (240-line analysis frames for the pixel statistics, CLIP's and I3D's own sizes); the pixel
-        statistics run on threads (OpenCV releases the GIL) while CLIP and I3D run batched across videos."""
+        consumer (240-line analysis frames for the pixel statistics, CLIP's and I3D's own sizes). All the work
+        is cut into single-threaded pieces (pixel statistics per video, I3D clips, CLIP frames and prompts in
+        batches across videos) run by WORKERS threads with one intra-op thread each: OpenCV, PIL and torch
+        release the GIL, so every core does one piece at a time. Two-thread torch ops beside busy OpenCV
+        threads would wait on each other at every op's barrier."""
         s = self.settings
         ref = float(self.grades_cfg["quality"].get("sharpness_reference", 100.0))
         idxs = [uniform_indices(len(f), s.sample_frames) for f, _ in videos]
-        with ThreadPoolExecutor(WORKERS) as pool:
+        if self.clip is not None:
+            self.clip.image_tower()  # built once, before the threads share it
+        with torch_threads(1), ThreadPoolExecutor(WORKERS) as pool:
+            # Longest pieces first, so the short CLIP batches fill the cores at the end.
+            feats = self._i3d_tasks(pool, [f for f, _ in videos])
             pixel = [pool.submit(pixel_statistics, f, idx, ref) for (f, _), idx in zip(videos, idxs)]
-            clip_out = self._clip_batch(videos, idxs)
-            feats = self._i3d_batch([f for f, _ in videos])
+            clip_out = self._clip_tasks(pool, videos, idxs)
+            feats = [f.result() if f is not None else None for f in feats]
             pixel = [p.result() for p in pixel]
+            clip_out = clip_out()
         out = []
         for k, (frames, prompt) in enumerate(videos):
             m: dict = {key: float("nan") for key in PER_VIDEO_METRICS}  # every record names every metric
@@ -143,36 +154,53 @@ class Scorer:
             out.append((m, feats[k], notes))
         return out
 
-    def _clip_batch(self, videos, idxs) -> list[tuple[dict, dict]]:
+    def _clip_tasks(self, pool: ThreadPoolExecutor, videos, idxs) -> Callable[[], list[tuple[dict, dict]]]:
+        """Submits the CLIP work; returns what collects it into (metrics, notes) per video."""
         if self.clip is None:
-            return [({}, {}) for _ in videos]
-        emb = self.clip.encode_frames(np.concatenate([f[i] for (f, _), i in zip(videos, idxs)]), self.settings.batch_size)
+            return lambda: [({}, {}) for _ in videos]
+        frames = [f[j] for (f, _), i in zip(videos, idxs) for j in i]  # a list: videos may differ in size
+        bs = self.settings.batch_size
+        parts = [pool.submit(self.clip.encode_frames, frames[i:i + bs], bs) for i in range(0, len(frames), bs)]
         prompts = [p for _, p in videos if p]
-        text = dict(zip(prompts, self.clip.encode_texts(prompts))) if prompts else {}
-        out, start = [], 0
-        for (_, prompt), idx in zip(videos, idxs):
-            e = emb[start:start + len(idx)]
-            start += len(idx)
-            m, notes = {"temporal_consistency": temporal_consistency(e)}, {}
-            if prompt:
-                cos = text_video_cosine(e, text[prompt])
-                m["clip_cosine"], m["clip_score"] = cos, 100.0 * max(cos, 0.0)
-                plan = self.clip.caption_plan(prompt)
-                notes.update({"prompt_tokens": plan["tokens"], "prompt_chunks": len(plan["chunks"]),
-                              "prompt_kept_share": plan["kept_share"]})
-            out.append((m, notes))
-        return out
+        texts = pool.submit(self.clip.encode_texts, prompts) if prompts else None
 
-    def _i3d_batch(self, frames: list[np.ndarray]) -> list[np.ndarray | None]:
+        def collect() -> list[tuple[dict, dict]]:
+            emb = torch.cat([p.result() for p in parts])
+            text = dict(zip(prompts, texts.result())) if texts else {}
+            out, start = [], 0
+            for (_, prompt), idx in zip(videos, idxs):
+                e = emb[start:start + len(idx)]
+                start += len(idx)
+                m, notes = {"temporal_consistency": temporal_consistency(e)}, {}
+                if prompt:
+                    cos = text_video_cosine(e, text[prompt])
+                    m["clip_cosine"], m["clip_score"] = cos, 100.0 * max(cos, 0.0)
+                    plan = self.clip.caption_plan(prompt)
+                    notes.update({"prompt_tokens": plan["tokens"], "prompt_chunks": len(plan["chunks"]),
+                                  "prompt_kept_share": plan["kept_share"]})
+                out.append((m, notes))
+            return out
+        return collect
+
+    def _i3d_tasks(self, pool: ThreadPoolExecutor, frames: list[np.ndarray]) -> list[Future | None]:
+        """Per video, a future of its I3D features, or None (no I3D, or shorter than the FVD clip)."""
         if self.i3d is None:
             return [None] * len(frames)
-        usable = [k for k, f in enumerate(frames) if len(f) >= fvdlib.CLIP_FRAMES]
-        out: list[np.ndarray | None] = [None] * len(frames)
-        if usable:
-            clips = torch.stack([fvdlib.preprocess_clip(frames[k], self.settings.fvd_size) for k in usable])
-            for k, f in zip(usable, fvdlib.i3d_features(self.i3d, clips)):
-                out[k] = f
-        return out
+        return [pool.submit(self._i3d_one, f) if len(f) >= fvdlib.CLIP_FRAMES else None for f in frames]
+
+    def _i3d_one(self, frames: np.ndarray) -> np.ndarray:
+        return fvdlib.i3d_features(self.i3d, fvdlib.preprocess_clip(frames, self.settings.fvd_size)[None])[0]
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` for the block (it is process-wide), then restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def pixel_statistics(frames: np.ndarray, sampled: np.ndarray, sharpness_reference: float) -> dict[str, float]:
