@@ -20,7 +20,7 @@ from vidtune.platform.storage import Storage, join
 
 from . import dataset
 from .features import FEATURE_COLUMNS, with_features
-from .ingest import ingest
+from .ingest import ingest, report_scores
 from .manifest import ManifestStore, Version, content_hash, write_table
 from .probe import ProbeSettings, ProbeStats, probe_manifest
 from .rules import FilterResult, apply_rules, load_rules, parse_rules
@@ -56,12 +56,15 @@ def root_of(store: ManifestStore, version: str) -> str:
 def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = ProbeSettings(), workers: int = 2,
                cache_root: str | None = None, scratch: str | None = None, progress: Progress = _noop,
                cancelled: Callable[[], bool] | None = None) -> tuple[Version, ProbeStats]:
-    """(probed version, what this run did: items probed, taken from the cache, undecodable)."""
+    """(probed version, what this run did: items probed, taken from the cache, undecodable). Clips of the
+    transcode report given at ingest take their scores from it (see probe_manifest)."""
     table = store.load(version)
     root = root_of(store, version)
     cache_root = cache_root or join(store.root, "probe-cache")
+    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
+                   if rec.get("step") == "ingest"), None)
     probed, stats = probe_manifest(table, root, store.storage, cache_root, settings, workers, scratch,
-                                   progress, cancelled)
+                                   progress, cancelled, report_scores(store.storage, report) if report else None)
     # The version depends on what was found, not only on the settings: changed media give a new version.
     digest = content_hash(probed.column("sha256").to_pylist(), probed.column("probe_error").to_pylist())
     params = {"settings": asdict(settings), "results": digest}
