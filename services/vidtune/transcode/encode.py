@@ -92,8 +92,10 @@ def video_command(src: Path, dst: Path, profile: Profile, source: VideoInfo, enc
     else:
         split = video.split()
         encoded, scored = split[0], split[1]
-        # extractplanes takes Y as it is (a conversion to gray would stretch limited-range luma).
-        scored = scored.filter("extractplanes", "y").filter("scale", *score_size, flags="area")
+        # Y exactly as encoded: extractplanes does not convert, and one range in and out stops swscale
+        # stretching limited-range luma (which would move every score); `area` averages as OpenCV's does.
+        scored = (scored.filter("extractplanes", "y")
+                  .filter("scale", *score_size, flags="area", in_range="tv", out_range="tv"))
         score_args = {"format": "rawvideo", "pix_fmt": "gray", **({"t": out_args["t"]} if "t" in out_args else {})}
         args = ffmpeg.merge_outputs(encoded.output(f"file:{dst}", **out_args),
                                     scored.output("pipe:1", **score_args)).compile(cmd=binary, overwrite_output=True)
