@@ -11,7 +11,9 @@ then only `samples` points are decoded, each a key frame where one lies near the
 frame after it as a pair for motion and frozen frames. Between a key frame and a later sample the decoder
 gets only the frames others are predicted from; the cost is then one key frame and about three more frames
 per sample with a key frame every second, and the reference frames of the whole GOP with x264's default of
-250 frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
+250 frames. `decode="full"` decodes every frame as the reference. A transcoded clip whose transcode report
+carries its scores (FrameScorer, run on the encoder's frames) is not decoded at all: the scores are checked
+and only its packets are read, for damage. Results are cached per item (keyed by path+size+mtime or
 URI+etag and the probe settings), so a re-run or a resumed job skips items already probed.
 """
 from __future__ import annotations
@@ -88,8 +90,12 @@ def dhash(gray: np.ndarray) -> int:
     """64-bit difference hash: robust to re-encoding and rescaling, changed by content."""
     import cv2
 
-    small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return _hash_bits(cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA))
+
+
+def _hash_bits(small: np.ndarray) -> int:
+    """dhash of a picture already reduced to 9x8."""
+    bits = (small[:, 1:].astype(np.int16) > small[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
@@ -118,7 +124,12 @@ def _gray(frame, width: int) -> np.ndarray:
 def _blur(gray: np.ndarray) -> float:
     import cv2
 
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    # 16-bit holds the 4-neighbour Laplacian of 8-bit pixels exactly (|value| <= 4 * 255), in a quarter of
+    # the memory float64 takes; the variance is then summed in double, as numpy's var would.
+    if gray.dtype != np.uint8:
+        return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    _, sd = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))
+    return float(sd[0, 0]) ** 2
 
 
 def _flow_magnitude(a: np.ndarray, b: np.ndarray) -> float:
@@ -140,10 +151,12 @@ def _motion(pairs: list[tuple[np.ndarray, np.ndarray]], settings: "ProbeSettings
 
 
 def _black_ratio(frames: list[np.ndarray], settings: "ProbeSettings") -> float:
-    stack = np.stack(frames).astype(np.float32)
-    means = stack.mean(axis=(1, 2))
-    p98 = np.percentile(stack.reshape(len(stack), -1), 98, axis=1)
-    return float(np.mean((means < settings.black_luma) & (p98 < settings.black_luma * 2)))
+    stack = np.stack(frames)
+    dark = stack.mean(axis=(1, 2)) < settings.black_luma
+    if dark.any():  # the percentile (the costly part) only where the mean already passes
+        p98 = np.percentile(stack[dark].reshape(int(dark.sum()), -1).astype(np.float32), 98, axis=1)
+        dark[dark] = p98 < settings.black_luma * 2
+    return float(np.mean(dark))
 
 
 def _mean_diffs(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
@@ -157,7 +170,8 @@ def _cuts(a: list[np.ndarray], b: list[np.ndarray], settings: "ProbeSettings") -
     """Whether each pair (a[i], b[i]) is a hard cut: the histogram and the pixels both change a lot."""
     if not a:
         return np.zeros(0, bool)
-    ha, hb = np.stack([_hist(x) for x in a]), np.stack([_hist(x) for x in b])
+    hists = {id(x): _hist(x) for x in (*a, *b)}  # consecutive pairs share frames: one histogram each
+    ha, hb = np.stack([hists[id(x)] for x in a]), np.stack([hists[id(x)] for x in b])
     hist_change = np.abs(hb - ha).sum(axis=1) / 2
     return (hist_change > settings.cut_hist_distance) & (_mean_diffs(a, b) > 20)
 
@@ -321,7 +335,7 @@ class FrameScorer:
         self.tiny_size = scaled_size(width, height, settings.analysis_width)
         self.blurs: list[float] = []
         self.tiny: list[np.ndarray] = []
-        self.hashes: list[int] = []  # every frame's, so the middle one is known once the count is
+        self.hashes: list[np.ndarray] = []  # every frame at 9x8 (dhash's input): the middle is known at the end
 
     @property
     def frame_bytes(self) -> int:
@@ -331,7 +345,7 @@ class FrameScorer:
         import cv2
 
         gray = np.frombuffer(data, np.uint8).reshape(self.sharp_size[1], self.sharp_size[0])
-        self.hashes.append(dhash(gray))
+        self.hashes.append(cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA))
         if len(self.hashes) > self.settings.max_decode_frames:
             return  # past the frames a full decode analyses: only the hashes
         self.blurs.append(_blur(gray))
@@ -344,7 +358,7 @@ class FrameScorer:
         n = len(self.hashes)
         if not n:
             return None
-        phash = "".join(f"{self.hashes[i]:016x}" for i in (0, n // 2, n - 1))
+        phash = "".join(f"{_hash_bits(self.hashes[i]):016x}" for i in (0, n // 2, n - 1))
         return {"version": scores_version(self.settings), "frames": n, "phash": phash,
                 **frame_scores(self.blurs, self.tiny, n, self.settings)}
 
@@ -382,12 +396,9 @@ def check_report_scores(scores, settings: ProbeSettings) -> tuple[dict | None, s
 def _probe_given(c, path: Path, row: dict, info, given: dict) -> bool:
     """A transcoded clip's row from its report scores plus the packet scan (damage, frame count), no decode;
     False (nothing done) when the scan cannot judge the codec or the frame count is not the report's."""
-    stream = c.streams.video[0]
-    nal_size = _nal_length_size(stream)
-    if nal_size is None:
+    scan = _rescan(c)
+    if scan is None:
         return False
-    c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
-    scan = _scan_packets(c, stream, nal_size)
     if scan.error is None and len(scan.times) != given["frames"]:
         return False  # the scores describe another picture: this clip's own decode decides
     row["probe_frames"] = len(scan.times)
@@ -502,15 +513,24 @@ def _key_frame_cuts(keys: list[float], frame_dt: float) -> int:
     return int(np.sum(gaps < 0.9 * gaps.max() - frame_dt))
 
 
+def _rescan(c) -> _Scan | None:
+    """Every packet of the open container's video from the start (the facts read the first frame); None for
+    a codec whose damage only a decode finds."""
+    stream = c.streams.video[0]
+    nal_size = _nal_length_size(stream)
+    if nal_size is None:
+        return None
+    c.seek(0, stream=stream, backward=True, any_frame=False)
+    return _scan_packets(c, stream, nal_size)
+
+
 def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> bool:
     """Scores from sampled frames of the open container `c`; False (nothing done) for a codec whose damage
     only a full decode finds."""
     stream = c.streams.video[0]
-    nal_size = _nal_length_size(stream)
-    if nal_size is None:
+    scan = _rescan(c)
+    if scan is None:
         return False
-    c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
-    scan = _scan_packets(c, stream, nal_size)
     if scan.error is None and scan.pts and all(p is None for p in scan.pts):
         return False  # samples are found by their pts
     times, keys, error = scan.times, scan.keys, scan.error
