@@ -86,10 +86,10 @@ def bench_scores(repeats: int = REPEATS) -> dict:
         inputs = [make_clip(d / "in" / f"clip{i}.mp4", w, h, s) for i, (w, h, s) in enumerate(CLIPS)]
         wall = {False: [], True: []}
         cpu = {False: [], True: []}
-        for _ in range(repeats):
+        for rep in range(repeats):
             sums = {False: [0.0, 0.0], True: [0.0, 0.0]}
             for p in inputs:
-                for scores in (False, True):
+                for scores in ((False, True) if rep % 2 == 0 else (True, False)):  # neither side always first
                     c0, t0 = _cpu(), time.perf_counter()
                     r = encode_video(p, d / "out.mp4", profile, p.name, scores=scores)
                     sums[scores][0] += time.perf_counter() - t0
@@ -108,7 +108,8 @@ def bench_scores(repeats: int = REPEATS) -> dict:
           f"{out['scores_plain_cpu_s']:7.2f} s CPU")
     print(f"  encode_video with scores (every frame) {out['scores_with_s']:7.2f} s wall  "
           f"{out['scores_with_cpu_s']:7.2f} s CPU   ratio {out['scores_ratio']:.3f} wall, "
-          f"{out['scores_cpu_ratio']:.3f} CPU  (goal: small, <= 1.05)")
+          f"{out['scores_cpu_ratio']:.3f} CPU")
+    print("  (CPU counts ffmpeg and the scorer and is what a busy node pays; wall time also moves with other load)")
     return out
 
 
