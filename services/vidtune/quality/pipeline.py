@@ -61,14 +61,19 @@ def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = Pro
     table = store.load(version)
     root = root_of(store, version)
     cache_root = cache_root or join(store.root, "probe-cache")
-    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
-                   if rec.get("step") == "ingest"), None)
     probed, stats = probe_manifest(table, root, store.storage, cache_root, settings, workers, scratch,
-                                   progress, cancelled, report_scores(store.storage, report) if report else None)
+                                   progress, cancelled, transcode_scores(store, version))
     # The version depends on what was found, not only on the settings: changed media give a new version.
     digest = content_hash(probed.column("sha256").to_pylist(), probed.column("probe_error").to_pylist())
     params = {"settings": asdict(settings), "results": digest}
     return store.save(probed, "probe", version, params, extra={"root": root, "probe": asdict(stats)}), stats
+
+
+def transcode_scores(store: ManifestStore, version: str) -> dict[str, object] | None:
+    """The scores of the transcode report `version` was ingested with (ingest.report_scores), if any."""
+    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
+                   if rec.get("step") == "ingest"), None)
+    return report_scores(store.storage, report) if report else None
 
 
 def step_filter(store: ManifestStore, version: str, rules: str | None = None,
