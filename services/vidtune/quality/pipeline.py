@@ -53,6 +53,13 @@ def root_of(store: ManifestStore, version: str) -> str:
     raise InvalidArgument(f"manifest version {version} has no dataset root in its lineage")
 
 
+def transcode_scores(store: ManifestStore, version: str) -> dict[str, object] | None:
+    """The scores of the transcode report `version` was ingested with (ingest.report_scores), if any."""
+    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
+                   if rec.get("step") == "ingest"), None)
+    return report_scores(store.storage, report) if report else None
+
+
 def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = ProbeSettings(), workers: int = 2,
                cache_root: str | None = None, scratch: str | None = None, progress: Progress = _noop,
                cancelled: Callable[[], bool] | None = None) -> tuple[Version, ProbeStats]:
@@ -67,13 +74,6 @@ def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = Pro
     digest = content_hash(probed.column("sha256").to_pylist(), probed.column("probe_error").to_pylist())
     params = {"settings": asdict(settings), "results": digest}
     return store.save(probed, "probe", version, params, extra={"root": root, "probe": asdict(stats)}), stats
-
-
-def transcode_scores(store: ManifestStore, version: str) -> dict[str, object] | None:
-    """The scores of the transcode report `version` was ingested with (ingest.report_scores), if any."""
-    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
-                   if rec.get("step") == "ingest"), None)
-    return report_scores(store.storage, report) if report else None
 
 
 def step_filter(store: ManifestStore, version: str, rules: str | None = None,
