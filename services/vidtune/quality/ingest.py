@@ -181,7 +181,15 @@ def _report_lines(data: bytes, uri: str) -> list[dict]:
     return lines
 
 
-def _location_key(location: str) -> str:
+def report_scores(storage: Storage, report_uri: str) -> dict[str, object]:
+    """The quality scores a transcode report carries, by the output clip they were computed on (in
+    location_key spelling): only a transcoded clip's own line can give it scores."""
+    lines = _report_lines(storage.read_bytes(report_uri), report_uri)
+    return {location_key(ln["output"]): ln["scores"] for ln in lines
+            if ln["status"] == "ok" and isinstance(ln.get("output"), str) and ln.get("scores") is not None}
+
+
+def location_key(location: str) -> str:
     """One spelling per file, so a label's media and a report's input compare equal."""
     return location if is_s3(location) else os.path.abspath(normalise(location))
 
@@ -204,7 +212,7 @@ REPORT_FIELDS = ("input", "status", "output", "reason", "media_type", "width", "
 
 def join_transcoded(table: pa.Table, root: str, lines: list[dict], report_uri: str) -> tuple[pa.Table, str]:
     """Point each row at its transcoded clip (see `ingest`); returns the table and the clips' root."""
-    by_input = {_location_key(ln["input"]): ln for ln in lines}
+    by_input = {location_key(ln["input"]): ln for ln in lines}
     outputs = [ln["output"] for ln in lines if ln["status"] == "ok" and ln.get("output")]
     if not outputs:
         raise InvalidArgument(f"transcode report {report_uri}: no input was transcoded, nothing to join")
@@ -214,7 +222,7 @@ def join_transcoded(table: pa.Table, root: str, lines: list[dict], report_uri: s
         if not row["source_media"]:  # no media, or a path that escapes the root: already an ingest error
             continue
         source = row["source_media"]
-        line = by_input.get(_location_key(source))
+        line = by_input.get(location_key(source))
         reason = None
         if line is None:
             reason = f"not transcoded: {source} is not in the transcode report {report_uri}"

@@ -21,7 +21,7 @@ from vidtune.platform.storage import Storage, join
 
 from . import dataset
 from .features import FEATURE_COLUMNS, with_features
-from .ingest import ingest
+from .ingest import ingest, report_scores
 from .manifest import ManifestStore, Version, content_hash
 from .probe import ProbeSettings, ProbeStats, probe_manifest
 from .rules import FilterResult, apply_rules, load_rules, parse_rules
@@ -54,15 +54,23 @@ def root_of(store: ManifestStore, version: str) -> str:
     raise InvalidArgument(f"manifest version {version} has no dataset root in its lineage")
 
 
+def transcode_scores(store: ManifestStore, version: str) -> dict[str, object] | None:
+    """The scores of the transcode report `version` was ingested with (ingest.report_scores), if any."""
+    report = next((rec["params"].get("transcoded") for rec in store.lineage(version)
+                   if rec.get("step") == "ingest"), None)
+    return report_scores(store.storage, report) if report else None
+
+
 def step_probe(store: ManifestStore, version: str, settings: ProbeSettings = ProbeSettings(), workers: int = 2,
                cache_root: str | None = None, scratch: str | None = None, progress: Progress = _noop,
                cancelled: Callable[[], bool] | None = None) -> tuple[Version, ProbeStats]:
-    """(probed version, what this run did: items probed, taken from the cache, undecodable)."""
+    """(probed version, what this run did: items probed, taken from the cache, undecodable). Clips of the
+    transcode report given at ingest take their scores from it (see probe_manifest)."""
     table = store.load(version)
     root = root_of(store, version)
     cache_root = cache_root or probe_cache(store.root)
     probed, stats = probe_manifest(table, root, store.storage, cache_root, settings, workers, scratch,
-                                   progress, cancelled)
+                                   progress, cancelled, transcode_scores(store, version))
     # The version depends on what was found, not only on the settings: changed media give a new version.
     digest = content_hash(probed.column("sha256").to_pylist(), probed.column("probe_error").to_pylist())
     params = {"settings": asdict(settings), "results": digest}
@@ -86,7 +94,8 @@ def probe_shard(source: str, out: str, index: int, count: int, root: str | None 
     res = ingest(source, root=root, mapping=mapping, fmt=fmt, storage=storage, transcoded=transcoded)
     rows = share(range(res.table.num_rows), index, count)
     _, stats = probe_manifest(res.table.take(pa.array(rows, pa.int64())), res.root, storage,
-                              probe_cache(join(out, "manifests")), settings, workers, scratch, progress, cancelled)
+                              probe_cache(join(out, "manifests")), settings, workers, scratch, progress, cancelled,
+                              report_scores(storage, transcoded) if transcoded else None)
     return stats
 
 

@@ -11,7 +11,9 @@ then only `samples` points are decoded, each a key frame where one lies near the
 frame after it as a pair for motion and frozen frames. Between a key frame and a later sample the decoder
 gets only the frames others are predicted from; the cost is then one key frame and about three more frames
 per sample with a key frame every second, and the reference frames of the whole GOP with x264's default of
-250 frames. `decode="full"` decodes every frame as the reference. Results are cached per item (keyed by path+size+mtime or
+250 frames. `decode="full"` decodes every frame as the reference. A transcoded clip whose transcode report
+carries its scores (FrameScorer, run on the encoder's frames) is not decoded at all: the scores are checked
+and only its packets are read, for damage. Results are cached per item (keyed by path+size+mtime or
 URI+etag and the probe settings), so a re-run or a resumed job skips items already probed.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from vidtune.platform.errors import InvalidArgument, NotFound
 from vidtune.platform.media import SAFE_OPEN_OPTIONS, open_video
 from vidtune.platform.storage import Storage, is_s3, join, split_uri
 
+from .ingest import location_key
 from .manifest import resolve_media
 
 PROBE_VERSION = 2  # part of every cache key: bump when a score's definition changes
@@ -87,12 +90,22 @@ def dhash(gray: np.ndarray) -> int:
     """64-bit difference hash: robust to re-encoding and rescaling, changed by content."""
     import cv2
 
-    small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return _hash_bits(cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA))
+
+
+def _hash_bits(small: np.ndarray) -> int:
+    """dhash of a picture already reduced to 9x8."""
+    bits = (small[:, 1:].astype(np.int16) > small[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
 _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
+
+
+def scaled_size(width: int, height: int, target: int) -> tuple[int, int]:
+    """The size a picture is analysed at: `target` wide (never wider than it is), aspect kept, height even."""
+    w = max(1, min(target, width))
+    return w, max(2, int(round(height * w / max(1, width))) // 2 * 2)
 
 
 def _gray(frame, width: int) -> np.ndarray:
@@ -100,8 +113,7 @@ def _gray(frame, width: int) -> np.ndarray:
     conversion); anything else goes through libswscale."""
     import cv2
 
-    w = max(1, min(width, frame.width))
-    h = max(2, int(round(frame.height * w / max(1, frame.width))) // 2 * 2)
+    w, h = scaled_size(frame.width, frame.height, width)
     if frame.format.name in _PLANAR_8BIT:
         plane = frame.planes[0]
         y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:frame.height, :frame.width]
@@ -112,7 +124,12 @@ def _gray(frame, width: int) -> np.ndarray:
 def _blur(gray: np.ndarray) -> float:
     import cv2
 
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    # 16-bit holds the 4-neighbour Laplacian of 8-bit pixels exactly (|value| <= 4 * 255), in a quarter of
+    # the memory float64 takes; the variance is then summed in double, as numpy's var would.
+    if gray.dtype != np.uint8:
+        return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    _, sd = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))
+    return float(sd[0, 0]) ** 2
 
 
 def _flow_magnitude(a: np.ndarray, b: np.ndarray) -> float:
@@ -134,10 +151,12 @@ def _motion(pairs: list[tuple[np.ndarray, np.ndarray]], settings: "ProbeSettings
 
 
 def _black_ratio(frames: list[np.ndarray], settings: "ProbeSettings") -> float:
-    stack = np.stack(frames).astype(np.float32)
-    means = stack.mean(axis=(1, 2))
-    p98 = np.percentile(stack.reshape(len(stack), -1), 98, axis=1)
-    return float(np.mean((means < settings.black_luma) & (p98 < settings.black_luma * 2)))
+    stack = np.stack(frames)
+    dark = stack.mean(axis=(1, 2)) < settings.black_luma
+    if dark.any():  # the percentile (the costly part) only where the mean already passes
+        p98 = np.percentile(stack[dark].reshape(int(dark.sum()), -1).astype(np.float32), 98, axis=1)
+        dark[dark] = p98 < settings.black_luma * 2
+    return float(np.mean(dark))
 
 
 def _mean_diffs(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
@@ -151,13 +170,16 @@ def _cuts(a: list[np.ndarray], b: list[np.ndarray], settings: "ProbeSettings") -
     """Whether each pair (a[i], b[i]) is a hard cut: the histogram and the pixels both change a lot."""
     if not a:
         return np.zeros(0, bool)
-    ha, hb = np.stack([_hist(x) for x in a]), np.stack([_hist(x) for x in b])
+    hists = {id(x): _hist(x) for x in (*a, *b)}  # consecutive pairs share frames: one histogram each
+    ha, hb = np.stack([hists[id(x)] for x in a]), np.stack([hists[id(x)] for x in b])
     hist_change = np.abs(hb - ha).sum(axis=1) / 2
     return (hist_change > settings.cut_hist_distance) & (_mean_diffs(a, b) > 20)
 
 
-def probe_file(path: str | Path, media_type: str = "video", settings: ProbeSettings = ProbeSettings()) -> dict:
-    """Facts and scores of one local file; never raises for a bad file (decodable=False + reason)."""
+def probe_file(path: str | Path, media_type: str = "video", settings: ProbeSettings = ProbeSettings(),
+               given: dict | None = None) -> dict:
+    """Facts and scores of one local file; never raises for a bad file (decodable=False + reason).
+    `given`: a video's scores from its transcode report (check_report_scores), used instead of decoding."""
     row = _empty_row()
     path = Path(path)
     try:
@@ -174,7 +196,7 @@ def probe_file(path: str | Path, media_type: str = "video", settings: ProbeSetti
         if media_type == "image":
             _probe_image(path, row, settings)
         else:
-            _probe_video(path, row, settings)
+            _probe_video(path, row, settings, given)
     except Exception as e:  # noqa: BLE001 - a damaged file must become a reason, never a crash
         row.update(decodable=False, probe_error=f"undecodable: {path.name}: {type(e).__name__}: {e}")
     return row
@@ -196,7 +218,7 @@ def _probe_image(path: Path, row: dict, settings: ProbeSettings) -> None:
         row["blur"] = _blur(small)
 
 
-def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
+def _probe_video(path: Path, row: dict, settings: ProbeSettings, given: dict | None = None) -> None:
     sampled = settings.scores and settings.decode == "sampled"
     try:
         with open_video(path) as (c, info):  # one open: the sampled path reads on from the facts' container
@@ -205,6 +227,8 @@ def _probe_video(path: Path, row: dict, settings: ProbeSettings) -> None:
                        probe_fps=info.fps or None, probe_duration=info.duration or None,
                        probe_frames=info.frames, probe_rotation=info.rotation, probe_pix_fmt=info.pix_fmt,
                        probe_audio=info.has_audio)
+            if given and settings.scores and _probe_given(c, path, row, info, given):
+                return
             if sampled and _probe_sampled(c, path, row, settings, info):
                 return
     except InvalidArgument as e:  # raised on opening only: the file's facts are unreadable
@@ -221,13 +245,10 @@ def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
     expected = max(1, info.frames)
     key_frames: dict[str, object] = {}
     tiny: list[np.ndarray] = []
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    stride = max(1, min(expected, settings.max_decode_frames) // max(1, settings.flow_pairs))
     decoded, last_t, error = 0, 0.0, None
     with av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        prev_small = None
         blurs: list[float] = []
         try:
             for frame in c.decode(stream):
@@ -239,12 +260,8 @@ def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
                 if frame.time is not None:
                     last_t = float(frame.time)
                 if settings.scores:
-                    small = _gray(frame, settings.analysis_width)
-                    tiny.append(small)
+                    tiny.append(_gray(frame, settings.analysis_width))
                     blurs.append(_blur(_gray(frame, settings.blur_width)))
-                    if prev_small is not None and (decoded - 1) % stride == 0 and len(pairs) < settings.flow_pairs:
-                        pairs.append((prev_small, small))
-                    prev_small = small
                 decoded += 1
                 if decoded >= settings.max_decode_frames or (not settings.scores and decoded >= 1):
                     break
@@ -282,14 +299,115 @@ def _probe_full(path: Path, row: dict, settings: ProbeSettings, info) -> None:
     row["phash"] = "".join(f"{dhash(grays[k]):016x}" for k in ("start", "middle", "end") if k in grays)
     if not settings.scores:
         return
-    row["blur"] = float(np.mean(blurs)) if blurs else float(np.mean([_blur(g) for g in grays.values()]))
-    row["motion"] = _motion(pairs, settings)
-    row["black_ratio"] = _black_ratio(tiny, settings)
+    row.update(frame_scores(blurs, tiny, expected, settings))
+
+
+def frame_scores(blurs: list[float], tiny: list[np.ndarray], expected: int, settings: ProbeSettings) -> dict:
+    """The scores of a clip from every frame in order: `blurs` (each frame's _blur at blur_width) and `tiny`
+    (each frame at analysis_width). `expected` is the clip's frame count, which spaces the flow pairs. The
+    full decode and the transcoder (on the frames it encodes) both score with this."""
+    stride = max(1, min(expected, settings.max_decode_frames) // max(1, settings.flow_pairs))
+    pairs = [(tiny[d - 1], tiny[d]) for d in range(1, len(tiny)) if (d - 1) % stride == 0][:settings.flow_pairs]
+    out = {"blur": float(np.mean(blurs)), "motion": _motion(pairs, settings),
+           "black_ratio": _black_ratio(tiny, settings), "frozen_ratio": 0.0, "scene_cuts": 0}
     if len(tiny) > 1:
-        row["frozen_ratio"] = float(np.mean(_mean_diffs(tiny[:-1], tiny[1:]) < settings.frozen_diff))
-        row["scene_cuts"] = int(np.sum(_cuts(tiny[:-1], tiny[1:], settings)))
+        out["frozen_ratio"] = float(np.mean(_mean_diffs(tiny[:-1], tiny[1:]) < settings.frozen_diff))
+        out["scene_cuts"] = int(np.sum(_cuts(tiny[:-1], tiny[1:], settings)))
+    return out
+
+
+# ---------------------------------------------------------------- scores computed while transcoding
+
+def scores_version(settings: ProbeSettings) -> str:
+    """What report scores are valid for: the probe version and every setting a score depends on (not the
+    decode mode: report scores are taken from every frame, as a full decode scores)."""
+    keep = {k: v for k, v in asdict(settings).items() if k not in ("scores", "decode", "samples")}
+    return hashlib.sha256(json.dumps([PROBE_VERSION, keep], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FrameScorer:
+    """Scores of a clip fed frame by frame as gray pictures at blur_width (the transcoder's second ffmpeg
+    output), from a `width` x `height` canvas: the full decode's scores (frame_scores) and key-frame hash."""
+
+    def __init__(self, width: int, height: int, settings: ProbeSettings = ProbeSettings()):
+        self.settings = settings
+        self.sharp_size = scaled_size(width, height, settings.blur_width)
+        self.tiny_size = scaled_size(width, height, settings.analysis_width)
+        self.blurs: list[float] = []
+        self.tiny: list[np.ndarray] = []
+        self.hashes: list[np.ndarray] = []  # every frame at 9x8 (dhash's input): the middle is known at the end
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.sharp_size[0] * self.sharp_size[1]
+
+    def add(self, data: bytes) -> None:
+        import cv2
+
+        gray = np.frombuffer(data, np.uint8).reshape(self.sharp_size[1], self.sharp_size[0])
+        self.hashes.append(cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA))
+        if len(self.hashes) > self.settings.max_decode_frames:
+            return  # past the frames a full decode analyses: only the hashes
+        self.blurs.append(_blur(gray))
+        tiny = gray if self.tiny_size == self.sharp_size else cv2.resize(gray, self.tiny_size,
+                                                                           interpolation=cv2.INTER_AREA)
+        self.tiny.append(tiny)
+
+    def result(self) -> dict | None:
+        """The report's `scores` object; None when no frame came."""
+        n = len(self.hashes)
+        if not n:
+            return None
+        phash = "".join(f"{_hash_bits(self.hashes[i]):016x}" for i in (0, n // 2, n - 1))
+        return {"version": scores_version(self.settings), "frames": n, "phash": phash,
+                **frame_scores(self.blurs, self.tiny, n, self.settings)}
+
+
+_PHASH_HEX = frozenset("0123456789abcdef")
+
+
+def check_report_scores(scores, settings: ProbeSettings) -> tuple[dict | None, str | None]:
+    """(scores to use, why they are refused) for a transcode report's `scores` object. (None, None) when
+    they were computed with other settings: the clip is then probed by decoding like one without."""
+    if not isinstance(scores, dict):
+        return None, f"scores are a {type(scores).__name__}, not an object"
+    if scores.get("version") != scores_version(settings):
+        return None, None
+    frames = scores.get("frames")
+    if type(frames) is not int or frames < 1:
+        return None, f"frames is {frames!r}, not a count of at least 1"
+    bounds = {"blur": (0.0, (8 * 255.0) ** 2),  # a Laplacian of 8-bit pixels is within +-8*255
+              "motion": (0.0, float(settings.analysis_width)),
+              "black_ratio": (0.0, 1.0), "frozen_ratio": (0.0, 1.0), "scene_cuts": (0, frames - 1)}
+    out: dict = {}
+    for name, (lo, hi) in bounds.items():
+        v = scores.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or name == "scene_cuts" and not isinstance(v, int):
+            return None, f"{name} is {v!r}, not a number"
+        if not np.isfinite(v) or not lo <= v <= hi:
+            return None, f"{name} is {v!r}, outside [{lo}, {hi}]"
+        out[name] = v
+    phash = scores.get("phash")
+    if not isinstance(phash, str) or len(phash) != 48 or not set(phash) <= _PHASH_HEX:
+        return None, f"phash is {str(phash)[:60]!r}, not 48 hex digits"
+    return {**out, "phash": phash, "frames": frames}, None
+
+
+def _probe_given(c, path: Path, row: dict, info, given: dict) -> bool:
+    """A transcoded clip's row from its report scores plus the packet scan (damage, frame count), no decode;
+    False (nothing done) when the scan cannot judge the codec or the frame count is not the report's."""
+    scan = _rescan(c)
+    if scan is None:
+        return False
+    if scan.error is None and len(scan.times) != given["frames"]:
+        return False  # the scores describe another picture: this clip's own decode decides
+    row["probe_frames"] = len(scan.times)
+    if scan.error:
+        row.update(decodable=False, probe_error=f"undecodable: {path.name}: {scan.error}")
     else:
-        row["frozen_ratio"], row["scene_cuts"] = 0.0, 0
+        row["decodable"] = True
+    row.update({k: v for k, v in given.items() if k != "frames"})
+    return True
 
 
 # ---------------------------------------------------------------- sampled decode
@@ -395,15 +513,24 @@ def _key_frame_cuts(keys: list[float], frame_dt: float) -> int:
     return int(np.sum(gaps < 0.9 * gaps.max() - frame_dt))
 
 
+def _rescan(c) -> _Scan | None:
+    """Every packet of the open container's video from the start (the facts read the first frame); None for
+    a codec whose damage only a decode finds."""
+    stream = c.streams.video[0]
+    nal_size = _nal_length_size(stream)
+    if nal_size is None:
+        return None
+    c.seek(0, stream=stream, backward=True, any_frame=False)
+    return _scan_packets(c, stream, nal_size)
+
+
 def _probe_sampled(c, path: Path, row: dict, settings: ProbeSettings, info) -> bool:
     """Scores from sampled frames of the open container `c`; False (nothing done) for a codec whose damage
     only a full decode finds."""
     stream = c.streams.video[0]
-    nal_size = _nal_length_size(stream)
-    if nal_size is None:
+    scan = _rescan(c)
+    if scan is None:
         return False
-    c.seek(0, stream=stream, backward=True, any_frame=False)  # the facts read the first frame
-    scan = _scan_packets(c, stream, nal_size)
     if scan.error is None and scan.pts and all(p is None for p in scan.pts):
         return False  # samples are found by their pts
     times, keys, error = scan.times, scan.keys, scan.error
@@ -500,8 +627,9 @@ def _sampled_scores(row: dict, picks: list[tuple], keys: list[float], frame_dt: 
 
 # ---------------------------------------------------------------- manifest level: cache + pool
 
-def cache_key(storage: Storage, uri: str, settings: ProbeSettings) -> str | None:
-    """Identity of an item's content without reading it: path+size+mtime, or URI+etag. None if absent."""
+def cache_key(storage: Storage, uri: str, settings: ProbeSettings, given: dict | None = None) -> str | None:
+    """Identity of an item's content without reading it: path+size+mtime, or URI+etag, with the report
+    scores it was given, if any. None if absent."""
     try:
         if is_s3(uri):
             bucket, key = split_uri(uri)
@@ -512,7 +640,7 @@ def cache_key(storage: Storage, uri: str, settings: ProbeSettings) -> str | None
             ident = [os.path.abspath(uri), st.st_size, st.st_mtime_ns]
     except Exception:  # noqa: BLE001 - a missing item is probed (and reported) every time
         return None
-    blob = json.dumps([PROBE_VERSION, ident, asdict(settings)], sort_keys=True).encode()
+    blob = json.dumps([PROBE_VERSION, ident, asdict(settings)] + ([given] if given else []), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
@@ -527,8 +655,13 @@ class ProbeStats:
 def probe_manifest(table: pa.Table, root: str, storage: Storage | None = None, cache_root: str | None = None,
                    settings: ProbeSettings = ProbeSettings(), workers: int = 2, scratch: str | None = None,
                    progress: Callable[[int, int, str], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> tuple[pa.Table, ProbeStats]:
-    """`table` with the probe columns filled for every row; cached items are not probed again."""
+                   cancelled: Callable[[], bool] | None = None,
+                   report: dict[str, object] | None = None) -> tuple[pa.Table, ProbeStats]:
+    """`table` with the probe columns filled for every row; cached items are not probed again.
+
+    `report` (ingest.report_scores: clip -> its transcode report's scores): a video found there is not
+    decoded; its scores are checked (check_report_scores: a bad value rejects the row with the reason) and
+    only its packets are read, for damage. Scores of other probe settings are ignored (the clip decodes)."""
     storage = storage or Storage()
     n = table.num_rows
     medias = table.column("media").to_pylist()
@@ -544,7 +677,7 @@ def probe_manifest(table: pa.Table, root: str, storage: Storage | None = None, c
         if cancelled and cancelled():
             return
         row = _probe_one(storage, root, medias[i], types[i], ingest_err[i], cache_root, settings, scratch, stats,
-                         lock)
+                         lock, report)
         rows[i] = row
         with lock:
             done[0] += 1
@@ -571,7 +704,7 @@ def probe_manifest(table: pa.Table, root: str, storage: Storage | None = None, c
 
 def _probe_one(storage: Storage, root: str, media: str | None, media_type: str | None, ingest_error: str | None,
                cache_root: str | None, settings: ProbeSettings, scratch: str | None, stats: ProbeStats,
-               lock: threading.Lock) -> dict:
+               lock: threading.Lock, report: dict[str, object] | None = None) -> dict:
     row = _empty_row()
     if ingest_error or not media:
         return row  # already rejected at ingest; nothing trustworthy to probe
@@ -580,7 +713,13 @@ def _probe_one(storage: Storage, root: str, media: str | None, media_type: str |
     except InvalidArgument as e:
         row.update(media_exists=False, decodable=False, probe_error=f"bad path: {e}")
         return row
-    key = cache_key(storage, uri, settings)
+    given = None
+    if report and settings.scores and (media_type or "video") == "video" and location_key(uri) in report:
+        given, why = check_report_scores(report[location_key(uri)], settings)
+        if why:
+            row.update(decodable=False, probe_error=f"bad transcode report scores for {uri}: {why}")
+            return row
+    key = cache_key(storage, uri, settings, given)
     cache_uri = join(cache_root, key[:2], f"{key}.json") if cache_root and key else None
     if cache_uri:
         try:
@@ -595,7 +734,7 @@ def _probe_one(storage: Storage, root: str, media: str | None, media_type: str |
         return row
     try:
         with storage.local_copy(uri, scratch) as local:
-            row = probe_file(local, media_type or "video", settings)
+            row = probe_file(local, media_type or "video", settings, given)
     except NotFound:
         row.update(media_exists=False, decodable=False, probe_error=f"missing file: {uri}")
         return row

@@ -52,6 +52,7 @@ class ItemResult:
     encoder: str = ""
     skipped: bool = False           # output existed already (a resumed or repeated batch)
     seconds: float = 0.0
+    scores: dict | None = None      # a video's quality scores from the encode (quality.probe.FrameScorer)
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -152,6 +153,7 @@ def transcode_item(storage: Storage, item: Item, output_root: str, profile: Prof
             encode = encode_image if item.kind == "image" else encode_video
             r = encode(Path(src), Path(dst), profile, item.input, processes)
         res.width, res.height, res.duration, res.fps, res.encoder = r.width, r.height, r.duration, r.fps, r.encoder
+        res.scores = r.scores
         res.seconds = round(time.monotonic() - t0, 3)
         storage.write_text(meta, res.as_json(), "application/json")
         return res

@@ -11,14 +11,18 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 
 import ffmpeg
 
 from vidtune.platform.errors import FailedPrecondition, InvalidArgument
 from vidtune.platform.jobs import ChildProcesses
 from vidtune.platform.media import SAFE_DEMUXERS, VideoInfo, check_image_pixels, probe_video
+
+from vidtune.quality.probe import FrameScorer
 
 from .profiles import Profile
 
@@ -56,11 +60,15 @@ class EncodeResult:
     duration: float
     fps: float
     encoder: str
+    scores: dict | None = None  # quality scores of the encoded picture (FrameScorer.result)
 
 
 def video_command(src: Path, dst: Path, profile: Profile, source: VideoInfo, encoder: str,
-                  binary: str = "ffmpeg") -> list[str]:
-    """The exact ffmpeg command line for one video (also what the benchmark runs directly)."""
+                  binary: str = "ffmpeg", score_size: tuple[int, int] | None = None) -> list[str]:
+    """The exact ffmpeg command line for one video (also what the benchmark runs directly).
+
+    With `score_size` (w, h) a second output on stdout carries every encoded frame's luma scaled to that
+    size (raw 8-bit gray): the quality scores' input, split from the same decode, so nothing decodes twice."""
     # ffmpeg applies rotation metadata itself (autorotate), so the canvas fit uses the displayed size.
     fps = profile.fps or source.fps or 25.0
     stream = ffmpeg.input(f"file:{src}", protocol_whitelist="file", format_whitelist=SAFE_DEMUXERS)
@@ -79,32 +87,76 @@ def video_command(src: Path, dst: Path, profile: Profile, source: VideoInfo, enc
         out_args.update(vcodec="libx264", preset=profile.preset, crf=profile.crf)
     if profile.max_duration:
         out_args["t"] = f"{profile.max_duration:.3f}"
-    args = video.output(f"file:{dst}", **out_args).compile(cmd=binary, overwrite_output=True)
+    if score_size is None:
+        args = video.output(f"file:{dst}", **out_args).compile(cmd=binary, overwrite_output=True)
+    else:
+        split = video.split()
+        encoded, scored = split[0], split[1]
+        # Y exactly as encoded: extractplanes does not convert, and one range in and out stops swscale
+        # stretching limited-range luma (which would move every score); `area` averages as OpenCV's does.
+        scored = (scored.filter("extractplanes", "y")
+                  .filter("scale", *score_size, flags="area", in_range="tv", out_range="tv"))
+        score_args = {"format": "rawvideo", "pix_fmt": "gray", **({"t": out_args["t"]} if "t" in out_args else {})}
+        args = ffmpeg.merge_outputs(encoded.output(f"file:{dst}", **out_args),
+                                    scored.output("pipe:1", **score_args)).compile(cmd=binary, overwrite_output=True)
     return [args[0], "-hide_banner", "-nostdin", "-loglevel", "error", *args[1:]]
 
 
-def run_ffmpeg(cmd: list[str], timeout: float, label: str, processes: ChildProcesses | None = None) -> None:
+def run_ffmpeg(cmd: list[str], timeout: float, label: str, processes: ChildProcesses | None = None,
+               read_stdout: Callable[[IO[bytes]], None] | None = None) -> None:
     """Run ffmpeg with a timeout, no stdin and no proxy settings; errors name the input and ffmpeg's reason.
-    The process joins `processes` (its job's), so stopping that job stops it and no other job's."""
+    The process joins `processes` (its job's), so stopping that job stops it and no other job's.
+
+    `read_stdout` consumes ffmpeg's stdout while it runs; stderr is read on its own thread meanwhile, so
+    neither pipe can fill and stall ffmpeg."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     processes = processes or ChildProcesses()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
     processes.add(proc)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def expire() -> None:
+        timed_out.set()
+        kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    stderr: list[bytes] = []
+    errors = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    timer.start()
+    errors.start()
+    failure: Exception | None = None
     try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise InvalidArgument(f"{label}: ffmpeg did not finish within {timeout:.0f} s") from None
+        if read_stdout:
+            try:
+                read_stdout(proc.stdout)
+            except Exception as e:  # noqa: BLE001 - reported below, after ffmpeg is stopped
+                failure = e
+                kill()
+            finally:
+                proc.stdout.close()
+        proc.wait()
+        errors.join()
     finally:
+        timer.cancel()
         processes.discard(proc)
+    if timed_out.is_set():
+        raise InvalidArgument(f"{label}: ffmpeg did not finish within {timeout:.0f} s")
     if proc.returncode != 0:
-        lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
+        lines = [ln for ln in b"".join(stderr).decode("utf-8", "replace").splitlines() if ln.strip()]
         reason = "; ".join(lines[-3:]) or f"exit code {proc.returncode}"
         if proc.returncode < 0:
             reason = f"killed by signal {-proc.returncode}"
         raise InvalidArgument(f"{label}: ffmpeg failed: {reason}")
+    if failure is not None:
+        raise InvalidArgument(f"{label}: reading the frames to score failed: {type(failure).__name__}: {failure}")
 
 
 def encode_timeout(duration: float) -> float:
@@ -114,18 +166,29 @@ def encode_timeout(duration: float) -> float:
 
 
 def encode_video(src: Path, dst: Path, profile: Profile, label: str,
-                 processes: ChildProcesses | None = None) -> EncodeResult:
+                 processes: ChildProcesses | None = None, scores: bool = True) -> EncodeResult:
+    """Encode one video; with `scores`, also the quality scores of the encoded picture (the padded canvas
+    that trains), from the frames this encode decodes anyway."""
     source = probe_video(src, label)
     if source.duration <= 0 and source.frames <= 0:
         raise InvalidArgument(f"{label}: video has no duration and no frames")
     binary = ffmpeg_binary()
     encoder = choose_encoder(binary)
-    cmd = video_command(src, dst, profile, source, encoder, binary)
-    run_ffmpeg(cmd, encode_timeout(source.duration), label, processes)
+    scorer = FrameScorer(profile.width, profile.height) if scores else None
+    cmd = video_command(src, dst, profile, source, encoder, binary, scorer.sharp_size if scorer else None)
+    run_ffmpeg(cmd, encode_timeout(source.duration), label, processes, _feed(scorer) if scorer else None)
     out = probe_video(dst, f"{label} (output)")
     if out.frames <= 0 or out.duration <= 0:
         raise InvalidArgument(f"{label}: ffmpeg wrote no frames (the source may be truncated)")
-    return EncodeResult(out.width, out.height, out.duration, out.fps, encoder)
+    return EncodeResult(out.width, out.height, out.duration, out.fps, encoder, scorer.result() if scorer else None)
+
+
+def _feed(scorer: FrameScorer) -> Callable[[IO[bytes]], None]:
+    def read(pipe: IO[bytes]) -> None:
+        size = scorer.frame_bytes
+        while len(data := pipe.read(size)) == size:
+            scorer.add(data)
+    return read
 
 
 def letterbox(image, width: int, height: int):
