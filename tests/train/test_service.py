@@ -63,6 +63,8 @@ def test_bad_requests_are_invalid_arguments(serve, storage, jobs_root, bucket, s
                                     output=f"{bucket}/x"), "4n+1"),
             (train_pb2.TrainRequest(preset="cpu-tiny", dataset=s3_dataset, output=f"{bucket}/x",
                                     backend="kubernetes"), "backend"),
+            (train_pb2.TrainRequest(preset="cpu-tiny", config_yaml="num_nodes: 2", dataset=s3_dataset,
+                                    output=f"{bucket}/x"), "TrainJob"),
         ]:
             with pytest.raises(grpc.RpcError) as e:
                 stub.SubmitTrain(req, metadata=AUTH, timeout=10)

@@ -72,7 +72,11 @@ def request_spec(request) -> dict:
     spec = {"preset": request.preset, "config": request.config_yaml, "dataset": request.dataset,
             "output": request.output, "max_steps": int(request.max_steps), "timeout_s": int(request.timeout_s),
             "backend": request.backend}
-    return {k: v for k, v in spec.items() if v not in ("", 0)}
+    spec = {k: v for k, v in spec.items() if v not in ("", 0)}
+    if config_of(spec).num_nodes > 1:  # this service would run it on one node
+        raise InvalidArgument("num_nodes > 1: a multi-node run is a Kubeflow TrainJob; print it with `vidtune train "
+                              "submit --nodes N --backend kubernetes --dry-run` and apply it with kubectl")
+    return spec
 
 
 def _weights_locations(spec: dict) -> dict[str, list[str]]:
