@@ -49,6 +49,7 @@ def _line(clip, scores, **over) -> dict:
     ("scene_cuts", "2", "scene_cuts is '2', not a number"), ("scene_cuts", 10_000, "scene_cuts is 10000, outside"),
     ("scene_cuts", 1.5, "scene_cuts is 1.5, not a number"), ("blur", True, "blur is True, not a number"),
     ("phash", "zz" * 24, "phash is 'zzzz"), ("frames", 0, "frames is 0"),
+    ("blur", 10 ** 30, "blur is 1000000000000000000000000000000, outside"),  # beyond float64's integers
 ])
 def test_a_bad_score_rejects_the_row_with_its_reason(scored, tmp_path, field, value, why):
     clip, scores = scored["moving"]
@@ -105,3 +106,33 @@ def test_report_scores_come_with_the_packet_scan_facts(scored):
 
 def test_a_scorer_fed_nothing_gives_no_scores():
     assert FrameScorer(160, 96).result() is None
+
+
+def test_a_clip_claimed_by_two_lines_takes_neither_lines_scores(scored, tmp_path):
+    clip, scores = scored["moving"]
+    twin = {**_line(clip, {**scores, "blur": 1.0}), "input": "archive/other.mp4",
+            "output": str(clip.parent / ".." / clip.parent.name / clip.name)}  # the same clip, spelt otherwise
+    assert report_scores(Storage(), _write_report(tmp_path, [_line(clip, scores), twin])) == {}
+
+
+@pytest.mark.parametrize("over,why", [({"width": "abc"}, "width is abc, not a finite size"),
+                                      ({"output": None}, "needs its output clip as a string"),
+                                      ({"output": 5}, "needs its output clip as a string"),
+                                      ({"duration": math.nan}, "duration is nan")])
+def test_a_malformed_report_line_is_refused_naming_its_line(scored, tmp_path, over, why):
+    from vidtune.platform.errors import InvalidArgument
+
+    clip, scores = scored["moving"]
+    uri = _write_report(tmp_path, [_line(clip, scores), _line(clip, scores, **over)])
+    with pytest.raises(InvalidArgument, match=f"report.jsonl:2: .*{why}"):
+        report_scores(Storage(), uri)
+
+
+def test_media_the_policy_refuses_is_a_row_error_that_tells_nothing_of_the_file(scored, tmp_path):
+    from vidtune.platform.access import AccessPolicy
+
+    clip, _ = scored["moving"]
+    strict = Storage(policy=AccessPolicy(allow_local=False, buckets=frozenset({"vidtune"})))
+    rows = probe_manifest(_manifest([clip, clip.parent / "absent.mp4"]), str(clip.parent), strict)[0].to_pylist()
+    assert [r["media_exists"] for r in rows] == [False, False]  # an existing and a missing file look the same
+    assert all(r["probe_error"].startswith("bad path: ") for r in rows)

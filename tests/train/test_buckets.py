@@ -198,3 +198,18 @@ def test_sample_prompts_go_through_the_data_access_policy_like_the_dataset():
     spec = {"preset": "cpu-tiny", "dataset": "s3://vidtune/ds", "output": "s3://vidtune/run",
             "config": {"sample_prompts": "s3://vidtune/prompts.jsonl"}}
     assert _weights_locations(spec)["config sample_prompts"] == ["s3://vidtune/prompts.jsonl"]
+
+
+@pytest.mark.parametrize("over,setting", [({"height": 64000, "width": 64000}, "VIDTUNE_MAX_TRAIN_PIXELS"),
+                                          ({"num_frames": 100001}, "VIDTUNE_MAX_TRAIN_FRAMES"),
+                                          ({"sample_prompts": "p.jsonl", "sample_size": "2048x2048x241"},
+                                           "VIDTUNE_MAX_GEN_PIXELS"),
+                                          ({"sample_prompts": "p.jsonl", "sample_steps": 1000000},
+                                           "VIDTUNE_MAX_GEN_STEPS")])
+def test_training_and_sample_sizes_are_capped_where_the_config_enters(over, setting):
+    """A submit cannot ask for a sample (or bucket area) of any size: refused at validation, naming the cap."""
+    from vidtune.platform.errors import InvalidArgument
+    from vidtune.train.config import load_config
+
+    with pytest.raises(InvalidArgument, match=setting):
+        load_config({"preset": "cpu-tiny", **over})

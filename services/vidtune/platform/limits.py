@@ -11,6 +11,8 @@ message names the limit and the setting that raises it.
   VIDTUNE_MAX_GEN_FRAMES     frames of a generated video                                     default 121
   VIDTUNE_MAX_GEN_STEPS      denoising steps                                                 default 100
   VIDTUNE_MAX_GEN_SEEDS      seeds (samples per prompt and checkpoint)                       default 16
+  VIDTUNE_MAX_TRAIN_PIXELS   height x width of a training sample (or bucket area)            default 1920*1088
+  VIDTUNE_MAX_TRAIN_FRAMES   frames of a training sample                                     default 241
   VIDTUNE_MAX_ACTIVE_JOBS    queued + running jobs of one service                            default 32
   VIDTUNE_MAX_LOCAL_JOBS     of those, on the `local` backend (one process each)             default 2
   VIDTUNE_MAX_KUBERNETES_JOBS  of those, on the `kubernetes` backend (one Job each)          default 16
@@ -36,6 +38,8 @@ class Limits:
     max_gen_frames: int = 121
     max_gen_steps: int = 100
     max_gen_seeds: int = 16
+    max_train_pixels: int = 1920 * 1088
+    max_train_frames: int = 241
     max_active_jobs: int = 32
     max_local_jobs: int = 2
     max_kubernetes_jobs: int = 16
@@ -81,6 +85,12 @@ class Limits:
         self.check("max_gen_frames", frames, "num_frames")
         self.check("max_gen_steps", steps, "steps")
         self.check("max_gen_seeds", seeds, "number of seeds")
+
+    def check_training(self, height: int, width: int, frames: int) -> None:
+        if int(height) * int(width) > self.max_train_pixels:
+            raise InvalidArgument(f"height x width = {height}x{width} exceeds the limit {self.max_train_pixels} "
+                                  f"pixels ({env_name('max_train_pixels')})")
+        self.check("max_train_frames", frames, "num_frames")
 
     def admit(self, unfinished: list[dict], backend: str, service: str) -> None:
         """RESOURCE_EXHAUSTED when `service` already has as many unfinished jobs as its cap allows, in all

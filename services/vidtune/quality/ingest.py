@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -177,16 +178,36 @@ def _report_lines(data: bytes, uri: str) -> list[dict]:
             raise InvalidArgument(f"transcode report {uri}:{i}: not JSON: {e.msg}") from None
         if not isinstance(doc, dict) or not doc.get("input") or not doc.get("status"):
             raise InvalidArgument(f"transcode report {uri}:{i}: expected an object with input, status, output")
+        problem = _report_line_problem(doc)
+        if problem:
+            raise InvalidArgument(f"transcode report {uri}:{i}: {problem}")
         lines.append(doc)
     return lines
+
+
+def _report_line_problem(doc: dict) -> str | None:
+    if not isinstance(doc["input"], str) or not isinstance(doc["status"], str):
+        return "input and status must be strings"
+    if doc["status"] == "ok" and (not isinstance(doc.get("output"), str) or not doc["output"]):
+        return "an ok line needs its output clip as a string"
+    for key in ("width", "height", "duration"):
+        v = doc.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e9
+                              or not math.isfinite(v)):
+            return f"{key} is {str(v)[:40]}, not a finite size"
+    return None
 
 
 def report_scores(storage: Storage, report_uri: str) -> dict[str, object]:
     """The quality scores a transcode report carries, by the output clip they were computed on (in
     location_key spelling): only a transcoded clip's own line can give it scores."""
     lines = _report_lines(storage.read_bytes(report_uri), report_uri)
-    return {location_key(ln["output"]): ln["scores"] for ln in lines
-            if ln["status"] == "ok" and isinstance(ln.get("output"), str) and ln.get("scores") is not None}
+    claims: dict[str, list] = {}
+    for ln in lines:
+        if ln["status"] == "ok" and ln.get("scores") is not None:
+            claims.setdefault(location_key(ln["output"]), []).append(ln["scores"])
+    # A clip that two lines claim takes neither's scores: it is probed by decoding.
+    return {clip: scores[0] for clip, scores in claims.items() if len(scores) == 1}
 
 
 def location_key(location: str) -> str:
@@ -212,7 +233,12 @@ REPORT_FIELDS = ("input", "status", "output", "reason", "media_type", "width", "
 
 def join_transcoded(table: pa.Table, root: str, lines: list[dict], report_uri: str) -> tuple[pa.Table, str]:
     """Point each row at its transcoded clip (see `ingest`); returns the table and the clips' root."""
-    by_input = {location_key(ln["input"]): ln for ln in lines}
+    by_input: dict[str, dict] = {}
+    for ln in lines:
+        seen = by_input.setdefault(location_key(ln["input"]), ln)
+        if seen is not ln and seen.get("output") != ln.get("output"):
+            raise InvalidArgument(f"transcode report {report_uri}: two lines for {ln['input']} name different "
+                                  f"clips ({seen.get('output')}, {ln.get('output')})")
     outputs = [ln["output"] for ln in lines if ln["status"] == "ok" and ln.get("output")]
     if not outputs:
         raise InvalidArgument(f"transcode report {report_uri}: no input was transcoded, nothing to join")

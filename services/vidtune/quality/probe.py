@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -384,8 +385,8 @@ def check_report_scores(scores, settings: ProbeSettings) -> tuple[dict | None, s
         v = scores.get(name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or name == "scene_cuts" and not isinstance(v, int):
             return None, f"{name} is {v!r}, not a number"
-        if not np.isfinite(v) or not lo <= v <= hi:
-            return None, f"{name} is {v!r}, outside [{lo}, {hi}]"
+        if not lo <= v <= hi or not math.isfinite(v):  # the range first: an int beyond float64 fails it, not isfinite
+            return None, f"{name} is {str(v)[:40]}, outside [{lo}, {hi}]"
         out[name] = v
     phash = scores.get("phash")
     if not isinstance(phash, str) or len(phash) != 48 or not set(phash) <= _PHASH_HEX:
@@ -710,6 +711,7 @@ def _probe_one(storage: Storage, root: str, media: str | None, media_type: str |
         return row  # already rejected at ingest; nothing trustworthy to probe
     try:
         uri = resolve_media(root, media)
+        storage.check(uri, "media")  # before anything touches it: a refused item says nothing of its existence
     except InvalidArgument as e:
         row.update(media_exists=False, decodable=False, probe_error=f"bad path: {e}")
         return row

@@ -16,6 +16,7 @@ import yaml
 
 from ..models.specs import get_spec
 from ..platform.errors import InvalidArgument
+from ..platform.limits import limits
 from .dataset import EXTRACTIONS
 from .timesteps import SAMPLINGS, WEIGHTINGS
 
@@ -184,6 +185,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v <= 0 or v % div:
                 raise InvalidArgument(f"{name}={v}: must be a positive multiple of {div} for {spec.name}")
+        limits().check_training(self.height, self.width, self.num_frames)  # buckets stay within these too
         self._validate_buckets_and_samples()
         if self.precision not in PRECISIONS:
             raise InvalidArgument(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -260,6 +262,7 @@ class TrainConfig:
             if h <= 0 or w <= 0 or h % self._size_step or w % self._size_step or f < 1 or f % 4 != 1:
                 raise InvalidArgument(f"sample_size={self.sample_size!r}: sizes multiples of {self._size_step}, "
                                       "frames 4n+1")
+            limits().check_generation(h, w, f, self.sample_steps, 1)
             if self.sample_every_steps < 1 or self.sample_steps < 1 or self.sample_cfg_scale <= 0:
                 raise InvalidArgument("sample_every_steps and sample_steps must be at least 1, sample_cfg_scale positive")
 

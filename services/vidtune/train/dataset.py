@@ -169,7 +169,8 @@ def bucket_sizes(area: int, step: int, max_aspect: float) -> list[tuple[int, int
     """(height, width) pairs, multiples of `step`, each the largest width for its height within `area`
     pixels, with width/height and height/width at most `max_aspect`."""
     sizes = []
-    for h in range(step, area // step + 1, step):
+    tallest = int(math.sqrt(area * max_aspect)) + step  # beyond it h / w exceeds max_aspect
+    for h in range(step, min(area // step, tallest) + 1, step):
         w = area // h // step * step
         if w >= step and max(h / w, w / h) <= max_aspect + 1e-9:
             sizes.append((h, w))
