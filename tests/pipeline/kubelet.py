@@ -154,6 +154,7 @@ class LocalCluster(InMemoryBatchApi):
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(pod_dir),
                "LANG": "C.UTF-8", "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
                "TMPDIR": mounts.get("/tmp", str(pod_dir))}
+        node_env = set(env)
         for src in container.env_from or []:
             env.update(self.config_maps[src.config_map_ref.name])
         for var in container.env or []:
@@ -167,6 +168,8 @@ class LocalCluster(InMemoryBatchApi):
         if index is not None:
             env.setdefault("JOB_COMPLETION_INDEX", str(index))  # the Job controller adds it too
         for key, value in list(env.items()):  # the pod sees its volumes at their mount paths
+            if key in node_env:
+                continue  # this node's own paths (its PATH may well lie below /tmp)
             for mount, local in mounts.items():
                 if value == mount or value.startswith(mount + "/"):
                     env[key] = local + value[len(mount):]
@@ -177,8 +180,13 @@ class LocalCluster(InMemoryBatchApi):
             self.pods.append(pod)
         kill = self.kill_when(job, index or 0, attempt)
         with pod.log.open("wb") as log:
-            proc = subprocess.Popen(command, env=env, cwd=pod_dir, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen(command, env=env, cwd=pod_dir, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            except OSError as e:  # as a container whose command cannot start: the pod fails, the Job goes on
+                log.write(f"{e}\n".encode())
+                pod.exit_code = 127
+                return 127
             while proc.poll() is None:
                 if kill is not None and kill():
                     os.killpg(proc.pid, signal.SIGKILL)
