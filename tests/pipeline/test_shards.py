@@ -75,7 +75,8 @@ def test_each_stage_shard_names_its_share_and_writes_its_own_outputs():
                                                    "report": "s3://b/w/transcode/report.jsonl"}, 1, 4)
     assert (transcode["shard_index"], transcode["shard_count"]) == (1, 4)
     assert transcode["report"] == "s3://b/w/transcode/_shards/report-00001-of-00004.jsonl"
-    generate = by_name["generate"].fanout.shard({"output": "s3://b/w/generate/videos"}, 2, 4)
+    generate = by_name["generate"].fanout.shard(by_name["generate"].on_cluster({"output": "s3://b/w/generate/videos"}),
+                                                2, 4)
     assert (generate["shard_index"], generate["device"]) == (2, "cuda")  # a GPU pod uses its GPU
     assert by_name["generate"].fanout.gpus == 1
     assert not by_name["quality"].fanout.wanted({"skip_probe": True})
