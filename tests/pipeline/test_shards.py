@@ -7,7 +7,8 @@ import pytest
 
 from vidtune.evaluate.generate import GenerationSettings, generate_samples, merge_summaries, summary_uri
 from vidtune.evaluate.tasks import merge_generate
-from vidtune.pipeline import stages
+from vidtune.pipeline import runner, stages
+from vidtune.platform import kube
 from vidtune.platform.errors import InvalidArgument
 from vidtune.platform.shards import interleave, share
 
@@ -78,6 +79,8 @@ def test_each_stage_shard_names_its_share_and_writes_its_own_outputs():
     generate = by_name["generate"].fanout.shard(by_name["generate"].on_cluster({"output": "s3://b/w/generate/videos"}),
                                                 2, 4)
     assert (generate["shard_index"], generate["device"]) == (2, "cuda")  # a GPU pod uses its GPU
-    assert by_name["generate"].fanout.gpus == 1
+    pod = kube.manifest(runner.fanout_job(by_name["generate"], stages.Pipeline("l", "m", "s3://b/w", {}), "ev-1", 4,
+                                          kube.ClusterSettings()))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"  # one GPU per generation pod
     assert not by_name["quality"].fanout.wanted({"skip_probe": True})
     assert [s.name for s in stages.STAGES if s.fanout] == ["transcode", "quality", "generate"]

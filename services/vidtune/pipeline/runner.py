@@ -176,12 +176,15 @@ def fanout_job(stage: Stage, p: Pipeline, job_id: str, shards: int, settings):
     created from the shard spec the runner wrote at `<work>/<stage>/_shards/<i>.json`."""
     from vidtune.platform import kube
     from vidtune.platform.jobs import new_record
+    from vidtune.platform.kinds import placement_of
+    from vidtune.registry import module
 
     index = f"$({kube.COMPLETION_INDEX})"
     command = ["vidtune", "worker", "--service", stage.service, "--job-id", f"{job_id}-{index}",
                "--spec", shard_spec_uri(p, stage, index), "--kind", stage.fanout.kind]
     record = new_record(stage.service, stage.fanout.kind, {}, backend="kubernetes") | {"id": job_id}
-    return kube.indexed_worker_job(record, settings, shards, command, gpus=stage.fanout.gpus,
+    gpus = placement_of(module(stage.service, "tasks").KINDS)(record)["gpus"]  # per pod, as the kind declares
+    return kube.indexed_worker_job(record, settings, shards, command, gpus=gpus,
                                    labels={"vidtune.io/pipeline-stage": stage.name})
 
 

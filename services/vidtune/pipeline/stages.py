@@ -99,7 +99,6 @@ class FanOut:
     kind: str
     shard: Callable[[dict, int, int], dict] = shard_spec
     merge: Callable | None = None
-    gpus: int = 0                        # per pod; GPU pods keep the cluster's GPU nodeSelector/tolerations
     wanted: Callable[[dict], bool] = lambda spec: True   # whether this spec has per-item work to spread
 
 
@@ -213,7 +212,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "train", "train.run", _train, ("SubmitTrain", "TrainRequest")),
     Stage("generate", "evaluate", "evaluate.generate", _generate, ("SubmitGenerate", "GenerateRequest"),
           prepare="prompts", on_cluster=_on_gpu,
-          fanout=FanOut("evaluate.generate", merge=_call("vidtune.evaluate.tasks", "merge_generate"), gpus=1)),
+          fanout=FanOut("evaluate.generate", merge=_call("vidtune.evaluate.tasks", "merge_generate"))),
     Stage("score", "evaluate", "evaluate.score", _score, ("SubmitScore", "ScoreRequest"), prepare="reference"),
     Stage("compare", "evaluate", "evaluate.compare", _compare, ("SubmitCompare", "CompareRequest")),
 )
