@@ -17,6 +17,10 @@ SAFE_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,mxf,flv,
                  "ogg,gif,yuv4mpegpipe,mpegvideo")
 
 SAFE_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": SAFE_DEMUXERS}
+# For reading facts: the stream search reads headers and packets but decodes nothing. Its probing decode costs
+# what a frame costs (60 ms for one 680 kB key frame) and came before the pixel limit was checked. Formats
+# whose streams appear only while reading (MPEG-TS/PS) still probe by decoding: options reach known streams.
+FACTS_OPEN_OPTIONS = {**SAFE_OPEN_OPTIONS, "skip_frame": "all"}
 
 
 def media_type(path: str) -> str:
@@ -66,7 +70,7 @@ def open_video(path: str | Path, label: str | None = None):
 
     label = label or str(path)
     try:
-        c = av.open(str(path), metadata_errors="ignore", options=SAFE_OPEN_OPTIONS)
+        c = av.open(str(path), metadata_errors="ignore", options=FACTS_OPEN_OPTIONS)
     except Exception as e:  # PyAV raises many error types for damaged files
         raise _unreadable(label, e) from None
     with c:
@@ -102,7 +106,7 @@ def _facts(c, label: str) -> VideoInfo:
     limits().check_pixels(w, h, label)  # before the first frame is decoded
     rotation = _rotation(c)
     dw, dh = (h, w) if rotation in (90, 270) else (w, h)
-    pix = cc.pix_fmt or ""
+    pix = cc.pix_fmt or ""  # set by the first frame's decode in _rotation, when the stream search decoded none
     depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
     real = v.guessed_rate or rate
     vfr = bool(v.average_rate and real and abs(float(v.average_rate) - float(real)) > 0.01)
