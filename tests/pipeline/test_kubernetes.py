@@ -65,7 +65,7 @@ def test_one_shard_is_one_plain_job(storage, bucket, tmp_path, capsys):
     assert "stages.transcode.shards: expected 1 to 1000, got 0" in capsys.readouterr().err
 
 
-def test_stages_are_placed_by_their_kinds_and_local_work_is_refused(tmp_path, capsys):
+def test_stages_are_placed_by_their_kinds():
     """GPUs come from each kind's own placement, as when its service launches it: training from its
     preset's GPU count, generation one GPU (and its pipeline on it), scoring none."""
     settings = ClusterSettings()
@@ -87,7 +87,43 @@ def test_stages_are_placed_by_their_kinds_and_local_work_is_refused(tmp_path, ca
     assert generate["device"] == "cuda"
     assert pod("generate", generate)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "nvidia.com/gpu" not in str(pod("score", {})["containers"][0].get("resources"))
+
+
+
+def test_every_local_location_is_refused_before_anything_runs(tmp_path, capsys):
+    """Pods read only the store: a local path anywhere in the file fails the run at once, naming each one
+    (not hours later, when the stage that reads it starts)."""
+    doc = yaml.safe_load(stages.render_yaml("s3://b/labels/", "/archive", "s3://b/work"))
+    doc["stages"]["quality"]["rules"] = "rules.yaml"
+    doc["stages"]["generate"]["prompts"] = "s3://b/prompts.jsonl"
+    doc["stages"]["train"]["config"] = {"weights": {"dit": "/models/dit", "vae": "s3://m/vae"}}
+    doc["stages"]["score"]["tiny_metric_models"] = True
+    doc["stages"]["score"]["i3d"] = "/models/i3d.pt"  # not used with tiny metric models: not named
     config = tmp_path / "p.yaml"
-    config.write_text(stages.render_yaml("labels/", "archive", str(tmp_path / "work")))
-    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes"]) == 2
-    assert "is not an s3:// URI" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump(doc))
+    for extra in ([], ["--dry-run"]):
+        assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "these are local: media_root '/archive', quality.rules 'rules.yaml', " \
+               "train.config.weights.dit '/models/dit'" in err, err
+    assert not (tmp_path / "work").exists()
+
+
+def test_dry_run_renders_without_a_store(tmp_path, capsys, monkeypatch):
+    """Rendering needs no store: with none answering, every stage is shown as not run, and said so."""
+    monkeypatch.setenv("VIDTUNE_S3_ENDPOINT", "127.0.0.1:9")  # nothing listens there
+    config = tmp_path / "p.yaml"
+    config.write_text(stages.render_yaml("s3://vidtune/labels/", "s3://vidtune/archive", "s3://vidtune/work"))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert len([d for d in yaml.safe_load_all(out) if d]) == 8
+    assert "unreachable" in out and "every stage is shown as not run yet" in out
+
+
+def test_a_multi_node_training_config_is_refused_when_the_file_is_read(tmp_path, capsys):
+    doc = yaml.safe_load(stages.render_yaml("s3://vidtune/labels/", "s3://vidtune/archive", "s3://vidtune/work"))
+    doc["stages"]["train"]["config"] = {"num_nodes": 2}
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", "--dry-run"]) == 2
+    assert "stages.train.config.num_nodes: a pipeline trains on one node, got 2" in capsys.readouterr().err

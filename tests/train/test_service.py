@@ -142,3 +142,28 @@ def test_kubernetes_backend_builds_the_job_from_the_cluster_settings(serve, stor
     assert c["args"][-4:] == ["--service", "train", "--job-id", job.id] and c["command"] == ["torchrun"]
     # the reconciler finds the Job by the name derived from the record
     assert manifest["metadata"]["name"] == kube.k8s_name("vidtune", job.id)
+
+
+def test_submit_sends_the_configs_local_paths_absolute(serve, storage, jobs_root, bucket, tmp_path, monkeypatch,
+                                                        capsys):
+    """The service may run in another directory: the config's own locations are sent absolute, like
+    --dataset and --out, so the job reads what the user named."""
+    from vidtune.cli import main
+
+    monkeypatch.setenv("VIDTUNE_ALLOW_LOCAL_PATHS", "1")
+    _, address = serve(definition(storage))
+    monkeypatch.setenv("VIDTUNE_TRAIN_ENDPOINT", address)
+    monkeypatch.setenv("VIDTUNE_TOKEN", "test-token")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "submit", "--preset", "cpu-tiny", "--dataset", "./data", "--out", "./run",
+                 "--set", "sample_prompts=./prompts.jsonl", "--set", "validation_dataset=held-out",
+                 "--set", "weights=./weights", "--max-steps", "1"]) == 0
+    job_id = capsys.readouterr().out.split()[-1]  # the in-process service's DeepSpeed banner comes before it
+    with grpc.insecure_channel(address) as ch:
+        job = jobs_pb2_grpc.JobServiceStub(ch).GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=AUTH, timeout=10)
+        jobs_pb2_grpc.JobServiceStub(ch).CancelJob(jobs_pb2.CancelJobRequest(id=job_id), metadata=AUTH, timeout=10)
+    job = json_format.MessageToDict(job, preserving_proto_field_name=True)
+    config = yaml.safe_load(job["spec"]["config"])
+    assert (config["sample_prompts"], config["validation_dataset"], config["weights"]) == (
+        str(tmp_path / "prompts.jsonl"), str(tmp_path / "held-out"), str(tmp_path / "weights"))
+    assert (job["spec"]["dataset"], job["spec"]["output"]) == (str(tmp_path / "data"), str(tmp_path / "run"))

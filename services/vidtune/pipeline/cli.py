@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -64,8 +65,9 @@ def cmd_run(args) -> int:
         from vidtune.platform.kube import ClusterSettings, manifest_yaml
         from vidtune.platform.storage import is_s3
 
-        if not is_s3(pipeline.work):
-            print(f"error: work {pipeline.work!r} is not an s3:// URI: pods on a cluster cannot reach it",
+        local = [f"{name} {value!r}" for name, value in stages.locations(pipeline) if not is_s3(value)]
+        if local:
+            print(f"error: pods on a cluster read only s3:// URIs; these are local: {', '.join(local)}",
                   file=sys.stderr)
             return 2
         settings = ClusterSettings.from_env()
@@ -73,8 +75,11 @@ def cmd_run(args) -> int:
             print("# `pipeline run --backend kubernetes` creates these Jobs one after another, each once the one\n"
                   "# before it succeeded, and writes the spec each names just before creating it (applied all at\n"
                   "# once with kubectl they would start together, before their specs exist).")
-            for about, job in runner.render_jobs(pipeline, storage, args.until, settings):
-                print("---\n" + "".join(f"# {line}\n" for line in about.splitlines()) + manifest_yaml(job), end="")
+            # Which stages are done is asked of the store once, briefly: rendering works without it.
+            quick = Storage(dataclasses.replace(storage.config, outage_seconds=min(5.0, storage.config.outage_seconds)))
+            for about, job in runner.render_jobs(pipeline, quick, args.until, settings):
+                comment = "".join(f"# {line}\n" for line in about.splitlines())
+                print(comment if job is None else "---\n" + comment + manifest_yaml(job), end="")
             return 0
         executor = runner.OnKubernetes(storage, pipeline, settings)
     elif args.submit:

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Callable
 
-from vidtune.platform.errors import FailedPrecondition, NotFound
+from vidtune.platform.errors import FailedPrecondition, NotFound, Unavailable
 from vidtune.platform.storage import Storage
 
 from .stages import STAGES, Pipeline, Stage, spec_digest, stages_until
@@ -311,11 +311,15 @@ def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> l
     is shown as a placeholder naming where that value will be read."""
     from vidtune.platform.jobs import new_job_id, new_record
 
-    out, results = [], {}
+    out, results, store_away = [], {}, None
     for stage in stages_until(until):
         spec = stage.spec(p, results)
         spec = stage.on_cluster(spec) if stage.on_cluster else spec
-        st = load_status(storage, p, stage.name)
+        try:  # a stage done before is shown with its result; rendering needs no store, so none answering is noted
+            st = None if store_away else load_status(storage, p, stage.name)
+        except Unavailable as e:
+            store_away, st = str(e), None
+            out.append((f"{e}: every stage is shown as not run yet (a run skips the ones it finds done)", None))
         done = bool(st) and st.get("state") == DONE
         results[stage.name] = st["result"] if done else (stage.expected(p) if stage.expected else {})
         shards = shards_of(stage, p, spec)

@@ -140,6 +140,27 @@ class Pipeline:
         return self.settings[stage][key]
 
 
+# Settings that name a file, directory or prefix to read (empty: not used); train's come from its config.
+LOCATION_SETTINGS = {"quality": ("rules", "mapping"), "generate": ("prompts", "weights"),
+                     "score": ("clip_weights", "i3d", "reference")}
+
+
+def locations(p: Pipeline) -> list[tuple[str, str]]:
+    """(setting, value) of every location the pipeline file names: what a run on a cluster must reach."""
+    out = [("labels", p.labels), ("media_root", p.media_root), ("work", p.work)]
+    tiny_metrics = p.settings["score"]["tiny_metric_models"]
+    for stage, keys in LOCATION_SETTINGS.items():
+        for key in keys:
+            if stage == "score" and key in ("clip_weights", "i3d") and tiny_metrics:
+                continue  # built under work instead
+            if p.settings[stage][key]:
+                out.append((f"{stage}.{key}", str(p.settings[stage][key])))
+    weights = (p.settings["train"]["config"] or {}).get("weights")
+    named = weights.items() if isinstance(weights, dict) else [("", weights)] if weights else []
+    out += [(f"train.config.weights{'.' + role if role else ''}", str(v)) for role, v in named if v]
+    return out
+
+
 def _transcode(p: Pipeline, results: dict) -> dict:
     s = p.settings["transcode"]
     return {"inputs": [p.media_root], "output": p.out("transcode"), "profile": s["profile"], "fps": s["fps"],
@@ -295,4 +316,9 @@ def parse(text: str, origin: str = "pipeline") -> Pipeline:
             if key == "shards" and (isinstance(v, bool) or not 1 <= v <= MAX_SHARDS):
                 raise InvalidArgument(f"{origin}: stages.{stage}.shards: expected 1 to {MAX_SHARDS}, got {v!r}")
             settings[stage][key] = float(v) if isinstance(default, float) else v
+    nodes = (settings["train"]["config"] or {}).get("num_nodes", 1)
+    if nodes != 1:  # refused here, not after the stages before training have run
+        raise InvalidArgument(f"{origin}: stages.train.config.num_nodes: a pipeline trains on one node, got {nodes!r}; "
+                              f"a multi-node run is a Kubeflow TrainJob (`vidtune train submit --nodes N "
+                              f"--backend kubernetes --dry-run`)")
     return Pipeline(str(doc["labels"]), str(doc["media_root"]), str(doc["work"]).rstrip("/"), settings)

@@ -152,9 +152,13 @@ def cmd_submit(args) -> int:
         return 0
     from vidtune.v1 import train_pb2, train_pb2_grpc
 
-    from vidtune.platform.storage import absolute
+    from vidtune.platform.storage import absolute, absolute_locations
 
-    # The service may run in another directory: local paths are sent absolute.
+    # The service may run in another directory: local paths are sent absolute, the config's own too.
+    config = absolute_locations(config, ("validation_dataset", "sample_prompts"))
+    weights = config.get("weights")
+    if weights:
+        config["weights"] = absolute_locations(weights, weights) if isinstance(weights, dict) else absolute(weights)
     request = train_pb2.TrainRequest(preset=preset, config_yaml=yaml.safe_dump(config) if config else "",
                                      dataset=absolute(args.dataset), output=absolute(args.out), max_steps=args.max_steps,
                                      backend=args.backend, timeout_s=args.timeout)
