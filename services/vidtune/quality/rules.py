@@ -227,15 +227,22 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     cols = effective_columns(table)
     media_type = pc.fill_null(table.column("media_type"), "").to_numpy(zero_copy_only=False).astype(str) \
         if "media_type" in table.column_names else np.full(n, "", dtype=object)
-    found: list[tuple[str, np.ndarray, list[str]]] = []  # per rule: its name, failing rows, their reasons
+    found: list[tuple[str, np.ndarray, pa.Array]] = []  # per rule: its name, failing rows, their reasons
     counts: dict[str, int] = {}
     skipped: dict[str, str] = {}
-    ids = table.column("id").to_pylist()
+    ids = _LazyList(table.column("id"))  # only the rules that name another row read ids
 
     def add(rule: Rule, mask: np.ndarray, detail) -> None:
         idx = np.flatnonzero(mask)
         counts[rule.name] = int(idx.size)
-        found.append((rule.name, idx, [f"{rule.name}: {detail(i)}" for i in idx.tolist()]))
+        found.append((rule.name, idx, pa.array([f"{rule.name}: {detail(i)}" for i in idx.tolist()], pa.string())))
+
+    def add_worded(rule: Rule, mask: np.ndarray, worded: list[str], which: np.ndarray) -> None:
+        """add() for reasons that are few distinct texts: failing row k has worded[which[k]] (no per-row call)."""
+        texts = pa.array([f"{rule.name}: {w}" for w in worded], pa.string())
+        idx = np.flatnonzero(mask)
+        counts[rule.name] = int(idx.size)
+        found.append((rule.name, idx, texts.take(pa.array(which.ravel().astype(np.int64)))))
 
     for rule in rules.rules:
         if not rule.enabled:
@@ -282,10 +289,7 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
 
             # Failing rows share few distinct values (lengths, durations): each is worded once.
             distinct, which = np.unique(values[mask], return_inverse=True)
-            worded = [say(x) for x in distinct.tolist()]
-            at = np.full(n, -1, np.int64)
-            at[mask] = which.ravel()
-            add(rule, mask, lambda i: worded[at[i]])
+            add_worded(rule, mask, [say(x) for x in distinct.tolist()], which)
         elif rule.type == "duplicate":
             if rule.field not in table.column_names:
                 skipped[rule.name] = f"no column {rule.field!r}"
@@ -331,9 +335,9 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     rejected_mask = hits > 0
     # Every reason of every rejected row, by row and, within a row, in rule order (a stable sort).
     rows = np.concatenate([idx for _, idx, _ in found] + [np.zeros(0, np.int64)])
-    texts = pa.array([t for _, _, ts in found for t in ts], pa.string())
+    texts = pa.concat_arrays([ts for _, _, ts in found] + [pa.array([], pa.string())])
     offsets = np.concatenate(([0], np.cumsum(hits[rejected_mask]))).astype(np.int32)
-    reasons = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(np.argsort(rows, kind="stable"))))
+    reasons = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(_stable_order(rows, max(1, n.bit_length())))))
     only = {name: int(np.sum(hits[idx] == 1)) for name, idx, _ in found}
     n_rejected = int(rejected_mask.sum())
     report = {
@@ -432,6 +436,20 @@ def _bits(words: np.ndarray, lo: int, width: int) -> np.ndarray:
     return key
 
 
+def _stable_order(key: np.ndarray, width: int) -> np.ndarray:
+    """np.argsort(key, kind="stable") of non-negative keys below 2**width. NumPy radix-sorts 16-bit keys, so
+    a wider key is ordered 16 bits at a time from the lowest (each pass stable): 5-7x faster on 200,000
+    keys than its comparison sort of 64-bit values."""
+    if width > 64:
+        return np.argsort(key, kind="stable")
+    key = key.astype(np.uint64, copy=False)
+    order = np.argsort((key & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
+    for shift in range(16, width, 16):
+        digit = ((key[order] >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+    return order
+
+
 # One candidate pair compared at gathered rows costs about as much as 12 pairs inside an all-pairs block
 # (contiguous XOR + popcount): measured on the bench's 30,000 64-bit image hashes (4.6 ns vs ~60 ns a pair).
 _GATHER_COST = 12
@@ -475,7 +493,7 @@ def _close_pairs(words: np.ndarray, bits: int, max_distance: int,
             if hi - lo <= 16:
                 counts = np.bincount(key.astype(np.int64), minlength=1 << (hi - lo))
             else:  # a sort the search reuses
-                order = np.argsort(key, kind="stable")
+                order = _stable_order(key, hi - lo)
                 sorted_bands[lo] = key[order], order
                 edge = np.flatnonzero(np.diff(sorted_bands[lo][0])) + 1
                 counts = np.diff(np.concatenate(([0], edge, [m])))
@@ -496,7 +514,7 @@ def _close_pairs(words: np.ndarray, bits: int, max_distance: int,
         for lo, hi in narrow:
             if lo not in sorted_bands:
                 key = _bits(words, lo, hi - lo)
-                order = np.argsort(key, kind="stable")
+                order = _stable_order(key, hi - lo)
                 sorted_bands[lo] = key[order], order
             found += _bucket_pairs(columns, d, *sorted_bands.pop(lo))
     else:
@@ -540,7 +558,7 @@ def _radius1_ranges(key: np.ndarray, width: int):
     value. A pair one flip apart is met once: from the row whose value has the flipped bit clear. Rows are
     taken in sorted order, so each flip's look-ups walk the table forwards (cache-friendly)."""
     m = key.size
-    order = np.argsort(key, kind="stable")
+    order = _stable_order(key, width)
     skey = key[order].astype(np.int32)
     count_of = np.bincount(skey, minlength=1 << width).astype(np.int32)
     start_of = np.cumsum(count_of, dtype=np.int64) - count_of
@@ -597,6 +615,18 @@ def _all_pairs(columns: np.ndarray, d: int, block_elements: int = 1 << 22):
         found_b.append(c + start)
         found_d.append(dist.ravel()[flat].astype(np.int64))
     return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)
+
+
+class _LazyList:
+    """A column's values as a Python list, converted on the first read."""
+
+    def __init__(self, column):
+        self._column, self._values = column, None
+
+    def __getitem__(self, i: int):
+        if self._values is None:
+            self._values = self._column.to_pylist()
+        return self._values[i]
 
 
 def _near_duplicate_reason(match: tuple[int, int, int], ids: list) -> str:
