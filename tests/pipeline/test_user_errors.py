@@ -104,9 +104,14 @@ def test_a_finished_training_run_run_again_reports_its_loss(tmp_path, monkeypatc
 def test_train_config_lists_every_set_key_with_type_and_default(capsys):
     assert main(["train", "config"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split(maxsplit=3)[1:] for line in out.splitlines()[1:]
+            if line and not line.startswith("#")}
     assert rows["lora_rank"] == ["int", "32"] and rows["learning_rate"][0] == "float"
     assert {"epochs", "precision", "weights", "save_every_steps"} <= set(rows)
+    # each key's meaning is its comment in the config's source, continuation lines joined; groups are headed
+    assert rows["precision"][2].startswith("fp32 (CPU) | fp16 (V100")
+    assert rows["hang_timeout_s"][2].endswith("collective timeout. 0: off")
+    assert "\n# LoRA\nlora_rank " in out
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

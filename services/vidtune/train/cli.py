@@ -196,11 +196,17 @@ def cmd_presets(args) -> int:
 def cmd_config(args) -> int:
     import dataclasses
 
-    from .config import TrainConfig
+    from .config import TrainConfig, field_notes
 
     defaults = TrainConfig()
-    print(f"{'key':<30} {'type':<14} default")
+    notes, groups = field_notes()
+    print(f"{'key':<30} {'type':<6} {'default':<22} meaning")
+    heading = None
     for f in dataclasses.fields(TrainConfig):
+        if groups.get(f.name) != heading:
+            heading = groups.get(f.name)
+            print(f"\n# {heading}")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        print(f"{f.name:<30} {kind:<14} {json.dumps(getattr(defaults, f.name), ensure_ascii=False)}")
+        default = json.dumps(getattr(defaults, f.name), ensure_ascii=False)
+        print(f"{f.name:<30} {kind:<6} {default:<22} {notes.get(f.name, '')}".rstrip())
     return 0

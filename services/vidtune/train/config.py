@@ -317,3 +317,24 @@ def load_config(source: str | dict | TrainConfig | None = None, storage=None, **
             raise InvalidArgument(f"training config {source!r} is neither a preset, a YAML file nor a YAML mapping")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(data)
+
+
+def field_notes() -> tuple[dict[str, str], dict[str, str]]:
+    """(field -> its comment, field -> the heading of its group) from TrainConfig's source, so the comments
+    a reader of this file sees are what `vidtune train config` prints; a comment's continuation lines join it."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    heading, last = "", None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        if (m := re.match(r"    (\w+): [^#]*?(?:#\s*(.*))?$", line)) and not line.lstrip().startswith("#"):
+            last = m.group(1)
+            notes[last], groups[last] = (m.group(2) or "").strip(), heading
+        elif (m := re.match(r"    # (.*)$", line)):
+            heading, last = m.group(1).strip(), None
+        elif (m := re.match(r"\s{5,}# (.*)$", line)) and last:
+            notes[last] = f"{notes[last]} {m.group(1).strip()}".strip()
+    return notes, groups
+
