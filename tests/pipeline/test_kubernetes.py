@@ -96,7 +96,8 @@ def test_every_local_location_is_refused_before_anything_runs(tmp_path, capsys):
     doc = yaml.safe_load(stages.render_yaml("s3://b/labels/", "/archive", "s3://b/work"))
     doc["stages"]["quality"]["rules"] = "rules.yaml"
     doc["stages"]["generate"]["prompts"] = "s3://b/prompts.jsonl"
-    doc["stages"]["train"]["config"] = {"weights": {"dit": "/models/dit", "vae": "s3://m/vae"}}
+    doc["stages"]["train"]["config"] = {"weights": {"dit": ["/models/dit", "s3://m/dit2"], "vae": "s3://m/vae"},
+                                        "sample_prompts": "sp.jsonl"}
     doc["stages"]["score"]["tiny_metric_models"] = True
     doc["stages"]["score"]["i3d"] = "/models/i3d.pt"  # not used with tiny metric models: not named
     config = tmp_path / "p.yaml"
@@ -105,7 +106,7 @@ def test_every_local_location_is_refused_before_anything_runs(tmp_path, capsys):
         assert main(["pipeline", "run", "--config", str(config), "--backend", "kubernetes", *extra]) == 2
         err = capsys.readouterr().err
         assert "these are local: media_root '/archive', quality.rules 'rules.yaml', " \
-               "train.config.weights.dit '/models/dit'" in err, err
+               "train.config.weights '/models/dit', train.config.sample_prompts 'sp.jsonl'" in err, err
     assert not (tmp_path / "work").exists()
 
 

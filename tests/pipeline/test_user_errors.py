@@ -166,3 +166,21 @@ def test_a_quality_run_that_keeps_nothing_fails(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "every row was rejected (1 of 1)" in err and "ingest_errors" in err
     assert (tmp_path / "qa" / "rejected.parquet").exists()        # the reasons are still written
+
+
+def test_a_generation_model_other_than_the_trained_one_is_refused_before_any_stage(tmp_path, capsys):
+    import yaml
+
+    from vidtune.pipeline import stages
+
+    archive = small_archive(tmp_path)
+    doc = yaml.safe_load(stages.render_yaml(str(archive / "labels"), str(archive), str(tmp_path / "work")))
+    doc["stages"]["generate"]["model"] = "wan2.2-ti2v-5b"  # the preset trains the tiny model
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["pipeline", "run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "stages.generate.model 'wan2.2-ti2v-5b' is not the model training trains ('tiny'" in err, err
+    assert "set stages.generate.model: tiny-ti2v" in err
+    assert not (tmp_path / "work").exists()
+    assert main(["pipeline", "run", "--config", str(config), "--until", "transcode", "--quiet"]) == 0  # not needed

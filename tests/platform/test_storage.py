@@ -64,11 +64,54 @@ def test_object_store_roundtrip_list_and_missing(storage, bucket, tmp_path):
     assert storage.read_jsonl(join(bucket, "rows.jsonl")) == rows
 
 
-def test_wrong_credentials_are_refused(object_store, bucket, storage):
+def test_wrong_credentials_are_refused_in_one_line_naming_the_settings(object_store, bucket, storage):
+    from vidtune.platform.errors import FailedPrecondition
+
     storage.write_text(join(bucket, "k"), "v")
-    intruder = Storage(S3Config(endpoint=object_store.endpoint, access_key=object_store.access_key, secret_key="wrong"))
-    with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied"):
-        intruder.read_bytes(join(bucket, "k"))
+    for access, secret in ((object_store.access_key, "wrong"), ("nobody", "wrong")):
+        intruder = Storage(S3Config(endpoint=object_store.endpoint, access_key=access, secret_key=secret))
+        with pytest.raises(FailedPrecondition) as e:
+            intruder.read_bytes(join(bucket, "k"))
+        assert f"object store {object_store.endpoint} refused the credentials (" in str(e.value)
+        assert "VIDTUNE_S3_ACCESS_KEY" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_endpoint_that_is_not_an_s3_server_is_named(tmp_path):
+    """A port-forward to the wrong port: an HTML 404 is a settings error in one line, not minio's traceback;
+    a proxy's 5xx page while the store restarts is an outage, retried."""
+    import http.server
+    import threading
+
+    from vidtune.platform.errors import FailedPrecondition, Unavailable
+
+    status = {"code": 404}
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status["code"])
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>not here</html>")
+
+        do_HEAD = do_PUT = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"127.0.0.1:{server.server_port}"
+        web = Storage(S3Config(endpoint=endpoint, access_key="a", secret_key="b", outage_seconds=1))
+        with pytest.raises(FailedPrecondition) as e:
+            web.read_text("s3://vidtune/x.txt")
+        assert str(e.value) == f"{endpoint} did not answer as an S3 object store (HTTP 404, text/html): " \
+                               f"check VIDTUNE_S3_ENDPOINT"
+        status["code"] = 502
+        with pytest.raises(Unavailable, match="unreachable"):
+            web.read_text("s3://vidtune/x.txt")
+    finally:
+        server.shutdown()
 
 
 def test_local_paths_behave_like_objects(tmp_path):

@@ -96,6 +96,16 @@ def test_cli_dry_run_prints_a_manifest_kubectl_accepts():
     assert config["preset"] == "v100-2gpu-ti2v-5b-480x832x49"
 
 
+def test_cli_dry_run_refuses_what_a_pod_cannot_read(capsys):
+    from vidtune.cli import main
+
+    assert main(["train", "submit", "--backend", "kubernetes", "--dry-run", "--preset", "cpu-tiny",
+                 "--dataset", "./ds", "--out", "s3://vidtune/runs/x", "--set", "sample_prompts=sp.jsonl",
+                 "--set", "weights=s3://vidtune/models/w"]) == 2
+    err = capsys.readouterr().err
+    assert "these are local: --dataset './ds', sample_prompts 'sp.jsonl' (upload with `vidtune store cp`)" in err
+
+
 def test_cli_run_in_process(tiny_dataset, tmp_path):
     out = tmp_path / "cli-run"
     proc = _vidtune("train", "run", "--preset", "cpu-tiny", "--dataset", str(tiny_dataset), "--out", str(out),

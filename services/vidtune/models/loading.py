@@ -23,7 +23,7 @@ from ..platform.cache import cached_local
 from ..platform.errors import InvalidArgument, NotFound
 from ..platform.settings import cache_dir
 from ..platform.storage import Storage, is_s3, join
-from .specs import ModelSpec, get_spec
+from .specs import ModelSpec, get_spec, weight_locations
 from .tiny import build_tiny_weights, register_tiny_configs
 
 Weights = str | Mapping[str, str | list[str]] | None
@@ -64,16 +64,6 @@ def _local_dir(location: str, storage: Storage, cache_dir: Path, what: str) -> s
     if not is_s3(location) and not Path(location).is_dir():
         raise NotFound(f"{what} directory {location} does not exist")
     return str(cached_local(location, storage, what, root=cache_dir / "objects"))
-
-
-def weight_locations(weights: Weights) -> list[str]:
-    """Every path or URI a weights value names (a root, or a dict of roles to a location or a list)."""
-    if not weights:
-        return []
-    if isinstance(weights, str):
-        return [weights]
-    values = weights.values() if isinstance(weights, dict) else [weights]
-    return [str(x) for v in values for x in (v if isinstance(v, (list, tuple)) else [v]) if x]
 
 
 @dataclass

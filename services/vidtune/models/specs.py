@@ -187,3 +187,13 @@ def get_spec(spec_or_name: ModelSpec | str) -> ModelSpec:
         return SPECS[name]
     except KeyError:
         raise InvalidArgument(f"unknown model {spec_or_name!r}; known: {', '.join(sorted(SPECS))}") from None
+
+
+def weight_locations(weights) -> list[str]:
+    """Every path or URI a weights value names (a root, or a dict of roles to a location or a list)."""
+    if not weights:
+        return []
+    if isinstance(weights, str):
+        return [weights]
+    values = weights.values() if isinstance(weights, dict) else [weights]
+    return [str(x) for v in values for x in (v if isinstance(v, (list, tuple)) else [v]) if x]

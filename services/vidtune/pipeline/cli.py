@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--watch", action="store_true", help="with --submit: a progress bar per stage job")
     run.add_argument("--backend", choices=["kubernetes"], help="create each stage as a Kubernetes Job (in the "
                      "cluster of the current kubeconfig, settings from VIDTUNE_K8S_*), in order, and follow it; "
-                     "the work prefix must be an s3:// URI the pods reach")
+                     "every location in the file must be an s3:// URI the pods reach")
     run.add_argument("--dry-run", action="store_true", help="with --backend kubernetes: print every stage's "
                      "Job (an Indexed Job for a stage with shards > 1) with its spec as a comment, create nothing")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -56,6 +56,8 @@ def _load(path: str) -> stages.Pipeline:
 
 def cmd_run(args) -> int:
     pipeline = _load(args.config)
+    if "generate" in [s.name for s in stages.stages_until(args.until)]:
+        stages.check_models(pipeline)
     storage = Storage()
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.dry_run and args.backend != "kubernetes":
@@ -67,8 +69,8 @@ def cmd_run(args) -> int:
 
         local = [f"{name} {value!r}" for name, value in stages.locations(pipeline) if not is_s3(value)]
         if local:
-            print(f"error: pods on a cluster read only s3:// URIs; these are local: {', '.join(local)}",
-                  file=sys.stderr)
+            print(f"error: pods on a cluster read only s3:// URIs; these are local: {', '.join(local)} (upload "
+                  f"them with `vidtune store cp` and name their s3:// URIs in {args.config})", file=sys.stderr)
             return 2
         settings = ClusterSettings.from_env()
         if args.dry_run:

@@ -317,7 +317,7 @@ def render_jobs(p: Pipeline, storage: Storage, until: str | None, settings) -> l
         spec = stage.on_cluster(spec) if stage.on_cluster else spec
         try:  # a stage done before is shown with its result; rendering needs no store, so none answering is noted
             st = None if store_away else load_status(storage, p, stage.name)
-        except Unavailable as e:
+        except (Unavailable, FailedPrecondition) as e:  # unreachable, or refusing these settings
             store_away, st = str(e), None
             out.append((f"{e}: every stage is shown as not run yet (a run skips the ones it finds done)", None))
         done = bool(st) and st.get("state") == DONE

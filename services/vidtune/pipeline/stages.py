@@ -155,10 +155,38 @@ def locations(p: Pipeline) -> list[tuple[str, str]]:
                 continue  # built under work instead
             if p.settings[stage][key]:
                 out.append((f"{stage}.{key}", str(p.settings[stage][key])))
-    weights = (p.settings["train"]["config"] or {}).get("weights")
+    from vidtune.train.locations import config_locations
+
+    named = config_locations(p.settings["train"]["config"] or {})
+    return out + [(f"train.config.{key}", v) for key, values in named.items() for v in values]
+
+
+def config_locations(config: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, value) of every location a training config names: its weights (a root, or per role a location or
+    a list), held-out dataset and sample prompts."""
+    out = [(prefix + k, str(config[k])) for k in ("validation_dataset", "sample_prompts") if config.get(k)]
+    weights = config.get("weights")
     named = weights.items() if isinstance(weights, dict) else [("", weights)] if weights else []
-    out += [(f"train.config.weights{'.' + role if role else ''}", str(v)) for role, v in named if v]
+    for role, v in named:
+        for x in v if isinstance(v, (list, tuple)) else [v]:
+            if x:
+                out.append((f"{prefix}weights{'.' + str(role) if role else ''}", str(x)))
     return out
+
+
+def check_models(p: Pipeline) -> None:
+    """Generation loads the model training trains: a LoRA of another model is refused before any stage runs
+    (it would fail only after training)."""
+    from vidtune.models.specs import get_spec
+    from vidtune.train.presets import preset_config
+
+    train = p.settings["train"]
+    trained = (train["config"] or {}).get("model") or preset_config(train["preset"]).model
+    generated = p.settings["generate"]["model"]
+    if get_spec(trained).name != get_spec(generated).name:
+        raise InvalidArgument(f"stages.generate.model {generated!r} is not the model training trains ({trained!r}, "
+                              f"from preset {train['preset']!r} and train.config): a LoRA loads only into the "
+                              f"model it was trained on; set stages.generate.model: {get_spec(trained).name}")
 
 
 def _transcode(p: Pipeline, results: dict) -> dict:

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from .access import LIST, READ, WRITE, AccessPolicy
-from .errors import Conflict, InvalidArgument, NotFound, Unavailable
+from .errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -481,9 +481,30 @@ def _transient(exc: BaseException) -> bool:
     import urllib3
     from minio.error import S3Error, ServerError
 
+    from minio.error import InvalidResponseError
+
     if isinstance(exc, S3Error):
         return exc.code in ("ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout")
+    if isinstance(exc, InvalidResponseError):  # a proxy's HTML page: a 5xx while the store restarts
+        return exc._code >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, ServerError))
+
+
+# Answers that mean the settings are wrong (credentials, or an endpoint that is not an S3 server), not the
+# request: one line naming the endpoint and what to check, instead of minio's traceback.
+_REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+
+
+def _misconfigured(exc: BaseException, endpoint: str) -> FailedPrecondition | None:
+    from minio.error import InvalidResponseError, S3Error
+
+    if isinstance(exc, S3Error) and exc.code in _REFUSED_CREDENTIALS:
+        return FailedPrecondition(f"object store {endpoint} refused the credentials ({exc.code}): check "
+                                  f"VIDTUNE_S3_ACCESS_KEY / VIDTUNE_S3_SECRET_KEY (or VIDTUNE_S3_SECRET_DIR)")
+    if isinstance(exc, InvalidResponseError):
+        return FailedPrecondition(f"{endpoint} did not answer as an S3 object store (HTTP {exc._code}, "
+                                  f"{exc._content_type or 'no content type'}): check VIDTUNE_S3_ENDPOINT")
+    return None
 
 
 class PreconditionAfterRetry(Exception):
@@ -518,7 +539,10 @@ class RetryingClient:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - sorted into transient or not just below
                 if not _transient(e):
-                    raise
+                    wrong = _misconfigured(e, self._endpoint)
+                    if wrong is None:
+                        raise
+                    raise wrong from None
                 if time.monotonic() + delay > deadline:
                     raise Unavailable(f"object store {self._endpoint} unreachable: {_short(e)}") from None
                 if not warned:

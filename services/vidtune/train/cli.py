@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     submit = s.add_parser("submit", help="train as a job of the train service (or print its Kubernetes Job)")
     common(submit)
-    submit.add_argument("--backend", default="inprocess", choices=["inprocess", "local", "kubernetes"])
+    submit.add_argument("--backend", default="inprocess", choices=["inprocess", "local", "kubernetes"],
+                        help="where the service runs it: its own process, a child process, or a Kubernetes Job "
+                             "(default: inprocess)")
     submit.add_argument("--timeout", type=int, default=0, help="seconds the run may take (0: a week)")
     submit.add_argument("--dry-run", action="store_true",
                         help="with --backend kubernetes: print the Job manifest for `kubectl apply -f -`")
@@ -77,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     presets = s.add_parser("presets", help="list the named presets with their expected memory per GPU")
     presets.set_defaults(func=cmd_presets)
 
-    config = s.add_parser("config", help="every config key (for --set and --config) with its type and default")
+    config = s.add_parser("config", help="every config key (for --set and --config) with its type, default and meaning")
     config.set_defaults(func=cmd_config)
 
 
@@ -133,6 +135,17 @@ def cmd_submit(args) -> int:
         if args.backend != "kubernetes":
             print("error: --dry-run prints a Kubernetes Job; use it with --backend kubernetes", file=sys.stderr)
             return 2
+        from vidtune.platform.storage import is_s3
+
+        from .locations import config_locations
+
+        named = [("--dataset", args.dataset), ("--out", args.out)] + [
+            (key, v) for key, values in config_locations(config).items() for v in values]
+        local = [f"{key} {value!r}" for key, value in named if not is_s3(value)]
+        if local:
+            print(f"error: the Job's pod reads only s3:// URIs; these are local: {', '.join(local)} "
+                  f"(upload with `vidtune store cp`)", file=sys.stderr)
+            return 2
         from vidtune.platform.jobs import new_record
         from vidtune.platform.kube import ClusterSettings, manifest_yaml
 
@@ -155,7 +168,9 @@ def cmd_submit(args) -> int:
     from vidtune.platform.storage import absolute, absolute_locations
 
     # The service may run in another directory: local paths are sent absolute, the config's own too.
-    config = absolute_locations(config, ("validation_dataset", "sample_prompts"))
+    from .locations import PATH_KEYS
+
+    config = absolute_locations(config, PATH_KEYS)
     weights = config.get("weights")
     if weights:
         config["weights"] = absolute_locations(weights, weights) if isinstance(weights, dict) else absolute(weights)
@@ -179,7 +194,9 @@ def cmd_launch(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    for row in describe_presets():
+    with stdout_to_stderr():  # the memory model's imports print DeepSpeed's accelerator banner
+        rows = describe_presets()
+    for row in rows:
         est, cache = row["estimate"], row["caching"]
         turns = "in turns" if cache["offload"] else "together"
         print(f"{row['name']:<38} {row['model']:<16} {row['size']:<12} {row['precision']:<5} "

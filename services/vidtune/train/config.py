@@ -31,9 +31,9 @@ class TrainConfig:
     """Everything a LoRA run depends on. Fields named after upstream DiffSynth's training flags."""
 
     # model
-    model: str = "tiny"                    # wan2.2-ti2v-5b | wan2.2-t2v-a14b | tiny | tiny-t2v-a14b
+    model: str = "tiny"                    # wan2.2-ti2v-5b | wan2.2-t2v-a14b | tiny (= tiny-ti2v) | tiny-t2v-a14b
     expert: str = ""                       # A14B only: high | low (which DiT expert this run trains)
-    weights: Any = None                    # dir / s3 prefix, or {role: path or URI}; None only for tiny models
+    weights: Any = None                    # dir / s3 prefix, or {role: path or URI}; empty only for tiny models
     # data
     dataset: str = ""                      # dir or s3 prefix holding metadata.csv (video,prompt) + media
     height: int = 64
@@ -54,10 +54,10 @@ class TrainConfig:
     max_steps: int = 0                     # 0: run all epochs
     seed: int = 0
     timestep_sampling: str = "uniform"     # uniform (DiffSynth) | logit_normal | sigmoid | shift (see timesteps.py)
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    sigmoid_scale: float = 1.0
-    timestep_shift: float = 3.0
+    logit_mean: float = 0.0                # logit_normal: mean of the normal before the sigmoid
+    logit_std: float = 1.0                 # logit_normal: its standard deviation
+    sigmoid_scale: float = 1.0             # sigmoid: scale of the normal before the sigmoid
+    timestep_shift: float = 3.0            # shift: the flow-matching shift applied to uniform timesteps
     loss_weighting: str = "default"        # default (the schedule's weight, DiffSynth) | none
     # validation: a held-out dataset (dir or metadata csv, e.g. the quality export of the val split)
     validation_dataset: str = ""
@@ -83,13 +83,13 @@ class TrainConfig:
     lora_rank: int = 32
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
-    lora_targets: str = DEFAULT_TARGETS
+    lora_targets: str = DEFAULT_TARGETS    # comma-separated module name suffixes of the DiT that get LoRA
     # numerics and distribution
     precision: str = "fp32"                # fp32 (CPU) | fp16 (V100, DeepSpeed dynamic loss scale) | bf16 (A100+)
     device: str = "cpu"                    # cpu | cuda
     deepspeed_stage: int = 0               # 0: plain accelerate; 2: ZeRO-2
     deepspeed_offload_optimizer: bool = False
-    num_gpus: int = 0
+    num_gpus: int = 0                      # GPUs per node (0: the CPU)
     base_weights_fp8: bool = False         # frozen DiT Linear weights stored in fp8 e4m3 (scaled per row)
     # memory and multi-node options (memory.py models their effect; `vidtune train presets` prints it)
     cache_offload: bool = False            # caching: umT5 and the VAE take turns on the GPU, the idle one in CPU RAM
@@ -104,11 +104,11 @@ class TrainConfig:
     # checkpoints
     save_every_steps: int = 50             # training state for resume (and step-N LoRA)
     save_every_epochs: int = 1             # epoch-N.safetensors
-    keep_states: int = 2
+    keep_states: int = 2                   # newest training states kept (older ones deleted; 0: all)
     # Kubernetes placement (used by the kubernetes launcher only)
-    node_selector: dict = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
-    memory_per_gpu_gb: float = 0.0         # documented expectation, checked against nothing at runtime
-    notes: str = ""
+    node_selector: dict = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))  # the Job's GPU nodes; $VIDTUNE_K8S_NODE_SELECTOR replaces this default
+    memory_per_gpu_gb: float = 0.0         # the preset's expected peak per GPU (informational, not enforced)
+    notes: str = ""                        # free text kept with the run
 
     # -- derived
     @property

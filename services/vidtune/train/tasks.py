@@ -7,6 +7,7 @@ or process died resumes at the step of its last saved state when it runs again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import yaml
@@ -82,15 +83,10 @@ def request_spec(request) -> dict:
 def _weights_locations(spec: dict) -> dict[str, list[str]]:
     """The weights, held-out dataset and sample prompts a config names: a remote caller gets the same access
     policy for them as for `dataset`."""
-    from vidtune.models.loading import weight_locations
+    from .locations import config_locations
 
     cfg = config_of(spec)
-    locations = {"config weights": weight_locations(cfg.weights)}
-    if cfg.validation_dataset:
-        locations["config validation_dataset"] = [cfg.validation_dataset]
-    if cfg.sample_prompts:
-        locations["config sample_prompts"] = [cfg.sample_prompts]
-    return locations
+    return {f"config {k}": v for k, v in config_locations(dataclasses.asdict(cfg)).items()}
 
 
 def _placement(record: dict) -> dict:
