@@ -85,13 +85,15 @@ def test_an_endpoint_that_is_not_an_s3_server_is_named(tmp_path):
     from vidtune.platform.errors import FailedPrecondition, Unavailable
 
     status = {"code": 404}
+    denied = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied.'
+              b'</Message><BucketName>vidtune</BucketName><Key>x.txt</Key></Error>')
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(status["code"])
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", "application/xml" if status["code"] == 403 else "text/html")
             self.end_headers()
-            self.wfile.write(b"<html>not here</html>")
+            self.wfile.write(denied if status["code"] == 403 else b"<html>not here</html>")
 
         do_HEAD = do_PUT = do_GET
 
@@ -107,6 +109,10 @@ def test_an_endpoint_that_is_not_an_s3_server_is_named(tmp_path):
             web.read_text("s3://vidtune/x.txt")
         assert str(e.value) == f"{endpoint} did not answer as an S3 object store (HTTP 404, text/html): " \
                                f"check VIDTUNE_S3_ENDPOINT"
+        status["code"] = 403  # a store denying this user (no credentials, or the bucket's policy)
+        with pytest.raises(FailedPrecondition, match=f"object store {endpoint} denied access to s3://vidtune/x.txt "
+                                                     r"\(AccessDenied\): check VIDTUNE_S3_ACCESS_KEY"):
+            web.read_text("s3://vidtune/x.txt")
         status["code"] = 502
         with pytest.raises(Unavailable, match="unreachable"):
             web.read_text("s3://vidtune/x.txt")

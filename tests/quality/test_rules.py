@@ -212,3 +212,17 @@ def test_caption_features_known_values():
     assert f["ngram_repeat_ratio"][4] == pytest.approx(1 - 3 / 7)   # 7 word 3-grams, 3 distinct
     assert f["hangul_ratio"][0] == 1.0 and f["hangul_ratio"][4] == 0.0
     assert f["special_ratio"][5] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("setting,words", [("max: lots", "max must be a number, not 'lots'"),
+                                           ("min: .nan", "min must be a number, not nan"),
+                                           ("min: true", "min must be a number, not True"),
+                                           ("max_distance: 2.5", "max_distance must be a whole number")])
+def test_a_rule_setting_that_is_not_a_number_is_refused_when_the_rules_load(setting, words):
+    with pytest.raises(InvalidArgument, match=f"rule 'r': {words}"):
+        parse_rules(f"rules: [{{name: r, type: range, field: duration, {setting}}}]")
+
+
+def test_an_exponent_yaml_reads_as_text_is_a_number():
+    # YAML 1.1 reads 1e308 (no dot) as a string; it once failed the whole pass with a NumPy type error.
+    assert parse_rules("rules: [{name: r, type: range, field: duration, max: 1e308}]").rules[-1].max == 1e308

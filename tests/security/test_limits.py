@@ -72,6 +72,30 @@ def test_png_bomb_is_refused_before_decoding_under_a_memory_ceiling(tmp_path):
     assert maxrss_kib * 1024 < 200 * 1024 * 1024, maxrss_kib
 
 
+def test_a_container_header_understating_the_frame_size_does_not_pass_the_pixel_limit(tmp_path, monkeypatch):
+    """The facts are read without decoding, from the container's stated size; a header that says 64x64 over
+    1280x720 frames is caught at the first frame, before the probe or ffmpeg decode any more of it."""
+    from vidtune.platform.media import probe_video
+    from vidtune.quality.probe import probe_file
+    from vidtune.samples import make_clip
+
+    clip = make_clip(tmp_path / "real.mp4", 1280, 720, 1.0, fps=5)
+    data = bytearray(clip.read_bytes())
+    entry = data.find(b"avc1", data.find(b"stsd"))
+    struct.pack_into(">HH", data, entry + 28, 64, 64)          # the sample entry's width and height
+    header = data.find(b"tkhd")
+    struct.pack_into(">II", data, header + 80, 64 << 16, 64 << 16)  # the track's display size (16.16)
+    liar = tmp_path / "liar.mp4"
+    liar.write_bytes(bytes(data))
+    assert (probe_video(liar).width, probe_video(liar).height) == (1280, 720)  # the frames' size, not the header's
+    monkeypatch.setenv("VIDTUNE_MAX_PIXELS", "100000")
+    with pytest.raises(InvalidArgument, match=r"liar.mp4 \(its frames; the container states 64x64\): 1280x720 = "
+                                              r"921600 pixels exceeds the limit 100000.*refused after its first frame"):
+        probe_video(liar)
+    row = probe_file(liar)
+    assert not row["decodable"] and "the container states 64x64" in row["probe_error"]
+
+
 def test_limits_name_the_setting(monkeypatch):
     monkeypatch.setenv("VIDTUNE_MAX_WORKERS", "4")
     limits = Limits.from_env()

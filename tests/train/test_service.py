@@ -177,3 +177,17 @@ def test_submit_sends_the_configs_local_paths_absolute(serve, storage, jobs_root
     assert (config["sample_prompts"], config["validation_dataset"], config["weights"]) == (
         str(tmp_path / "prompts.jsonl"), str(tmp_path / "held-out"), str(tmp_path / "weights"))
     assert (job["spec"]["dataset"], job["spec"]["output"]) == (str(tmp_path / "data"), str(tmp_path / "run"))
+
+    # Per-role weights, lists of shards, URIs and empty values: only local paths change.
+    (tmp_path / "c.yaml").write_text("weights: {dit: [d1, s3://vidtune/d2], vae: null, text_encoder: ./te}\n"
+                                     "sample_prompts:\nvalidation_dataset: ~\n")
+    assert main(["train", "submit", "--preset", "cpu-tiny", "--config", "c.yaml", "--dataset", "./data",
+                 "--out", "./run2", "--max-steps", "1"]) == 0
+    job_id = capsys.readouterr().out.split()[-1]
+    with grpc.insecure_channel(address) as ch:
+        job = jobs_pb2_grpc.JobServiceStub(ch).GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=AUTH, timeout=10)
+        jobs_pb2_grpc.JobServiceStub(ch).CancelJob(jobs_pb2.CancelJobRequest(id=job_id), metadata=AUTH, timeout=10)
+    config = yaml.safe_load(json_format.MessageToDict(job, preserving_proto_field_name=True)["spec"]["config"])
+    assert config["weights"] == {"dit": [str(tmp_path / "d1"), "s3://vidtune/d2"], "vae": None,
+                                 "text_encoder": str(tmp_path / "te")}
+    assert config["sample_prompts"] is None and config["validation_dataset"] is None

@@ -345,7 +345,7 @@ def parse(text: str, origin: str = "pipeline") -> Pipeline:
                 raise InvalidArgument(f"{origin}: stages.{stage}.shards: expected 1 to {MAX_SHARDS}, got {v!r}")
             settings[stage][key] = float(v) if isinstance(default, float) else v
     nodes = (settings["train"]["config"] or {}).get("num_nodes", 1)
-    if nodes != 1:  # refused here, not after the stages before training have run
+    if nodes not in (1, None) and str(nodes).strip() != "1":  # refused here, not after the stages before training
         raise InvalidArgument(f"{origin}: stages.train.config.num_nodes: a pipeline trains on one node, got {nodes!r}; "
                               f"a multi-node run is a Kubeflow TrainJob (`vidtune train submit --nodes N "
                               f"--backend kubernetes --dry-run`)")

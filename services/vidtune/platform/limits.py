@@ -72,11 +72,11 @@ class Limits:
             return [str(e) if isinstance(e, InvalidArgument) else f"workers={spec.get('workers')!r}: not a number"]
         return []
 
-    def check_pixels(self, width: int, height: int, what: str) -> None:
+    def check_pixels(self, width: int, height: int, what: str, when: str = "before decoding") -> None:
         if int(width) * int(height) > self.max_pixels:
             raise InvalidArgument(f"{what}: {width}x{height} = {int(width) * int(height)} pixels exceeds the limit "
                                   f"{self.max_pixels} per image or frame ({env_name('max_pixels')}); refused "
-                                  "before decoding")
+                                  f"{when}")
 
     def check_generation(self, height: int, width: int, frames: int, steps: int, seeds: int) -> None:
         if int(height) * int(width) > self.max_gen_pixels:

@@ -103,10 +103,15 @@ def _facts(c, label: str) -> VideoInfo:
         duration = 0.0
     frames = int(v.frames) if v.frames else int(round(fps * duration))
     w, h = int(cc.width), int(cc.height)
-    limits().check_pixels(w, h, label)  # before the first frame is decoded
-    rotation = _rotation(c)
+    limits().check_pixels(w, h, label)  # the size the container states, before any frame is decoded
+    rotation, first = _first_frame(c)
+    if first is not None and (first.width, first.height) != (w, h):
+        # The stream's own size wins over a header that says otherwise (a lying header would let every later
+        # decode, and ffmpeg's, run at a size the limit refuses): checked again before anything decodes more.
+        stated, w, h = f"{w}x{h}", int(first.width), int(first.height)
+        limits().check_pixels(w, h, f"{label} (its frames; the container states {stated})", "after its first frame")
     dw, dh = (h, w) if rotation in (90, 270) else (w, h)
-    pix = cc.pix_fmt or ""  # set by the first frame's decode in _rotation, when the stream search decoded none
+    pix = cc.pix_fmt or ""  # set by the first frame's decode, when the stream search decoded none
     depth = 10 if any(t in pix for t in ("10", "p010")) else 12 if "12" in pix else 8
     real = v.guessed_rate or rate
     vfr = bool(v.average_rate and real and abs(float(v.average_rate) - float(real)) > 0.01)
@@ -116,10 +121,10 @@ def _facts(c, label: str) -> VideoInfo:
                      variable_frame_rate=vfr)
 
 
-def _rotation(container) -> int:
-    """Rotation as 0/90/180/270 from the display matrix, which PyAV exposes on decoded frames. A first packet
-    that is a key frame is decoded alone and drained out (one frame decoded, not the decoder's reorder delay
-    of a few more)."""
+def _first_frame(container):
+    """(rotation as 0/90/180/270, the first frame or None when it does not decode). The rotation comes from
+    the display matrix, which PyAV exposes on decoded frames. A first packet that is a key frame is decoded
+    alone and drained out (one frame decoded, not the decoder's reorder delay of a few more)."""
     try:
         stream = container.streams.video[0]
         pkt = next(container.demux(stream))
@@ -127,8 +132,8 @@ def _rotation(container) -> int:
         frame = frames[0] if frames else next(container.decode(stream))
         deg = float(getattr(frame, "rotation", 0) or 0)
     except Exception:  # noqa: BLE001 - an undecodable first frame is reported by the decode checks
-        return 0
-    return int(round(deg)) % 360 // 90 * 90
+        return 0, None
+    return int(round(deg)) % 360 // 90 * 90, frame
 
 
 def check_image_pixels(source, label: str) -> tuple[int, int]:

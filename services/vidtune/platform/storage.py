@@ -95,7 +95,9 @@ def normalise(location: str) -> str:
 
 def absolute(location: str) -> str:
     """A local path made absolute against this process's directory, so a service started elsewhere reads
-    the same file; URIs and empty values pass unchanged."""
+    the same file; URIs, empty values and values that are not paths (None, numbers) pass unchanged."""
+    if not isinstance(location, (str, os.PathLike)):
+        return location
     location = str(location)
     if is_s3(location) or not location:
         return location
@@ -498,9 +500,13 @@ _REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidT
 def _misconfigured(exc: BaseException, endpoint: str) -> FailedPrecondition | None:
     from minio.error import InvalidResponseError, S3Error
 
+    keys = "VIDTUNE_S3_ACCESS_KEY / VIDTUNE_S3_SECRET_KEY (or VIDTUNE_S3_SECRET_DIR)"
     if isinstance(exc, S3Error) and exc.code in _REFUSED_CREDENTIALS:
-        return FailedPrecondition(f"object store {endpoint} refused the credentials ({exc.code}): check "
-                                  f"VIDTUNE_S3_ACCESS_KEY / VIDTUNE_S3_SECRET_KEY (or VIDTUNE_S3_SECRET_DIR)")
+        return FailedPrecondition(f"object store {endpoint} refused the credentials ({exc.code}): check {keys}")
+    if isinstance(exc, S3Error) and exc.code == "AccessDenied":
+        where = f" to s3://{exc.bucket_name}/{exc.object_name or ''}" if getattr(exc, "bucket_name", None) else ""
+        return FailedPrecondition(f"object store {endpoint} denied access{where} (AccessDenied): check {keys} "
+                                  f"and what the bucket's policy grants that user")
     if isinstance(exc, InvalidResponseError):
         return FailedPrecondition(f"{endpoint} did not answer as an S3 object store (HTTP {exc._code}, "
                                   f"{exc._content_type or 'no content type'}): check VIDTUNE_S3_ENDPOINT")

@@ -110,6 +110,8 @@ def parse_rules(text: str, origin: str = "rules") -> RuleSet:
         unknown = set(item) - known
         if unknown:
             raise InvalidArgument(f"{origin}: rule {item['name']!r} has unknown keys {sorted(unknown)}")
+        for key in ("min", "max", "max_distance"):
+            item[key] = _number(item, key, origin) if key in item else getattr(Rule, key)
         rule = Rule(**item)
         if rule.type not in RULE_TYPES:
             raise InvalidArgument(f"{origin}: rule {rule.name!r} has unknown type {rule.type!r}; "
@@ -127,6 +129,27 @@ def parse_rules(text: str, origin: str = "rules") -> RuleSet:
     if not any(r.type == "ingest" for r in rules):  # a row that could not be read never passes
         rules.insert(0, Rule(name="ingest_errors", type="ingest"))
     return RuleSet(rules)
+
+
+def _number(item: dict, key: str, origin: str):
+    """A rule's numeric setting as a number: YAML 1.1 reads `1e308` (no dot) as text, which would fail the whole
+    pass later; anything that is not a number is refused naming the rule."""
+    v = item[key]
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            v = None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise InvalidArgument(f"{origin}: rule {item['name']!r}: {key} must be a number, not {item[key]!r}")
+    if key == "max_distance":
+        if v != int(v) or v < 0:
+            raise InvalidArgument(f"{origin}: rule {item['name']!r}: max_distance must be a whole number of bits "
+                                  f">= 0, not {item[key]!r}")
+        return int(v)
+    return v
 
 
 def known_fields() -> dict[str, tuple[str, ...]]:

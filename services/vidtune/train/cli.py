@@ -170,10 +170,10 @@ def cmd_submit(args) -> int:
     # The service may run in another directory: local paths are sent absolute, the config's own too.
     from .locations import PATH_KEYS
 
-    config = absolute_locations(config, PATH_KEYS)
     weights = config.get("weights")
-    if weights:
-        config["weights"] = absolute_locations(weights, weights) if isinstance(weights, dict) else absolute(weights)
+    config = absolute_locations(config, PATH_KEYS + (() if isinstance(weights, dict) else ("weights",)))
+    if isinstance(weights, dict):  # per role: a location or a list of them
+        config["weights"] = absolute_locations(weights, weights)
     request = train_pb2.TrainRequest(preset=preset, config_yaml=yaml.safe_dump(config) if config else "",
                                      dataset=absolute(args.dataset), output=absolute(args.out), max_steps=args.max_steps,
                                      backend=args.backend, timeout_s=args.timeout)
