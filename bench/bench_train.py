@@ -79,6 +79,7 @@ def caching_memory() -> dict:
         out[f"model_{name}_caching_gb"] = round(caching_estimate(load_config(cfg)).total_gb, 1)
         out[f"model_{name}_caching_plain_gb"] = round(caching_estimate(load_config(
             {**cfg, "cache_offload": False, "vae_tiled": False})).total_gb, 1)
+    return out
 
 
 BUCKET_SIZE = (64, 128, 17)

@@ -147,6 +147,8 @@ LOCATION_SETTINGS = {"quality": ("rules", "mapping"), "generate": ("prompts", "w
 
 def locations(p: Pipeline) -> list[tuple[str, str]]:
     """(setting, value) of every location the pipeline file names: what a run on a cluster must reach."""
+    from vidtune.train.locations import config_locations
+
     out = [("labels", p.labels), ("media_root", p.media_root), ("work", p.work)]
     tiny_metrics = p.settings["score"]["tiny_metric_models"]
     for stage, keys in LOCATION_SETTINGS.items():
@@ -155,23 +157,8 @@ def locations(p: Pipeline) -> list[tuple[str, str]]:
                 continue  # built under work instead
             if p.settings[stage][key]:
                 out.append((f"{stage}.{key}", str(p.settings[stage][key])))
-    from vidtune.train.locations import config_locations
-
     named = config_locations(p.settings["train"]["config"] or {})
     return out + [(f"train.config.{key}", v) for key, values in named.items() for v in values]
-
-
-def config_locations(config: dict, prefix: str = "") -> list[tuple[str, str]]:
-    """(key, value) of every location a training config names: its weights (a root, or per role a location or
-    a list), held-out dataset and sample prompts."""
-    out = [(prefix + k, str(config[k])) for k in ("validation_dataset", "sample_prompts") if config.get(k)]
-    weights = config.get("weights")
-    named = weights.items() if isinstance(weights, dict) else [("", weights)] if weights else []
-    for role, v in named:
-        for x in v if isinstance(v, (list, tuple)) else [v]:
-            if x:
-                out.append((f"{prefix}weights{'.' + str(role) if role else ''}", str(x)))
-    return out
 
 
 def check_models(p: Pipeline) -> None:

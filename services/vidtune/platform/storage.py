@@ -481,9 +481,7 @@ def _write_local_if(path: Path, data: bytes, version: str | None) -> str:
 def _transient(exc: BaseException) -> bool:
     """True for failures that mean "the store is not answering now" rather than "this request is wrong"."""
     import urllib3
-    from minio.error import S3Error, ServerError
-
-    from minio.error import InvalidResponseError
+    from minio.error import InvalidResponseError, S3Error, ServerError
 
     if isinstance(exc, S3Error):
         return exc.code in ("ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout")

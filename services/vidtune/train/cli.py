@@ -167,9 +167,9 @@ def cmd_submit(args) -> int:
 
     from vidtune.platform.storage import absolute, absolute_locations
 
-    # The service may run in another directory: local paths are sent absolute, the config's own too.
     from .locations import PATH_KEYS
 
+    # The service may run in another directory: local paths are sent absolute, the config's own too.
     weights = config.get("weights")
     config = absolute_locations(config, PATH_KEYS + (() if isinstance(weights, dict) else ("weights",)))
     if isinstance(weights, dict):  # per role: a location or a list of them
