@@ -255,17 +255,18 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
     skipped: dict[str, str] = {}
     ids = _LazyList(table.column("id"))  # only the rules that name another row read ids
 
+    def record(rule: Rule, idx: np.ndarray, reasons: pa.Array) -> None:
+        counts[rule.name] = int(idx.size)
+        found.append((rule.name, idx, reasons))
+
     def add(rule: Rule, mask: np.ndarray, detail) -> None:
         idx = np.flatnonzero(mask)
-        counts[rule.name] = int(idx.size)
-        found.append((rule.name, idx, pa.array([f"{rule.name}: {detail(i)}" for i in idx.tolist()], pa.string())))
+        record(rule, idx, pa.array([f"{rule.name}: {detail(i)}" for i in idx.tolist()], pa.string()))
 
     def add_worded(rule: Rule, mask: np.ndarray, worded: list[str], which: np.ndarray) -> None:
         """add() for reasons that are few distinct texts: failing row k has worded[which[k]] (no per-row call)."""
         texts = pa.array([f"{rule.name}: {w}" for w in worded], pa.string())
-        idx = np.flatnonzero(mask)
-        counts[rule.name] = int(idx.size)
-        found.append((rule.name, idx, texts.take(pa.array(which.ravel().astype(np.int64)))))
+        record(rule, np.flatnonzero(mask), texts.take(pa.array(which.ravel().astype(np.int64))))
 
     for rule in rules.rules:
         if not rule.enabled:

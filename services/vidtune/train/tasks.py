@@ -7,7 +7,6 @@ or process died resumes at the step of its last saved state when it runs again.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import yaml
@@ -86,7 +85,7 @@ def _weights_locations(spec: dict) -> dict[str, list[str]]:
     from .locations import config_locations
 
     cfg = config_of(spec)
-    return {f"config {k}": v for k, v in config_locations(dataclasses.asdict(cfg)).items()}
+    return {f"config {k}": v for k, v in config_locations(vars(cfg)).items()}
 
 
 def _placement(record: dict) -> dict:
