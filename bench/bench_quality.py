@@ -14,10 +14,14 @@
    one `ffprobe` subprocess per file (metadata only) on the same clips. Goal: >= 3x. Clips encoded as the
    transcoder writes them (libx264 veryfast crf 18, B frames, header first): 640x360 with a key frame every
    second, 640x360 with x264's default 250-frame key-frame interval (what the transcoder keeps: the archive's
-   layout), and a few 1280x720 10 s clips of that layout (the archive's size); the full decode of every frame
-   is printed for reference. Beside it, the probe of a transcoded clip whose transcode report carries its
+   layout), a few 1280x720 10 s clips of that layout (the transcoder's output size), and a few 1920x1080 10 s
+   clips with a key frame every second (the archive's originals, as broadcast encoders lay them out); the full
+   decode of every frame is printed for reference. Beside it, the probe of a transcoded clip whose transcode report carries its
    scores (computed while transcoding): no decode, only the container facts, sha256 and the packet scan
-   for damage; the scores handed over are the full decode's, in the report's form.
+   for damage; the scores handed over are the full decode's, in the report's form. And the floor of any
+   sampled decode: a seek to each key frame the probe samples and a decode of that one frame, nothing else
+   (no pair, no packet scan, no score). Where even that floor is under 3x ffprobe, no sampling scheme that
+   decodes those frames can meet the goal on this CPU.
 
 Run: `make bench` (all benchmarks, with an embedded object store), or
 `python -m bench.bench_quality [--rows N] [--repeats R] [--clips C] [--probe-only]`.
@@ -25,6 +29,7 @@ Run: `make bench` (all benchmarks, with an embedded object store), or
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -42,7 +47,9 @@ import pyarrow.parquet as pq
 
 from vidtune.quality.features import with_features
 from vidtune.quality.manifest import read_table, write_table
-from vidtune.quality.probe import ProbeSettings, check_report_scores, probe_file, scores_version
+from vidtune.platform.media import SAFE_OPEN_OPTIONS
+from vidtune.quality.probe import (ProbeSettings, check_report_scores, probe_file, sample_times,
+                                  scores_version)
 from vidtune.quality.rules import apply_rules, default_rules, near_duplicates
 from vidtune.quality.stats import (CONTENT_MAX_CHARS, CONTENT_SAMPLE, compute_stats, content_sample_error,
                                    content_words, kiwi)
@@ -197,6 +204,8 @@ PROBE_LAYOUTS = [
      (640, 360), 4, None, 1),
     ("archive720p", "1280x720, 10 s, the transcoder's wan-720p layout (default key-frame interval)",
      (1280, 720), 10, None, 4),
+    ("original1080p", "1920x1080, 10 s, a key frame every second (an archive original, broadcast layout)",
+     (1920, 1080), 10, 25, 8),
 ]
 
 
@@ -209,9 +218,10 @@ def bench_probe(clips: int, repeats: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="vt-bench-probe-") as d:
             files = make_clips(Path(d), max(3, clips // share), gop, size, seconds)
             reports = {f: _report_scores(probe_file(f, settings=full)) for f in files}
-            t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep = [], [], [], [], [], [], []
+            keys = {f: key_frame_times(f) for f in files}
+            t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep, t_floor = [], [], [], [], [], [], [], []
             for _ in range(repeats):
-                sums = [0.0] * 7
+                sums = [0.0] * 8
                 for f in files:
                     c0 = _children_cpu()
                     sums[0] += _timed(lambda: ffprobe_one(f))
@@ -223,22 +233,31 @@ def bench_probe(clips: int, repeats: int) -> dict:
                     c0 = time.process_time()
                     sums[5] += _timed(lambda: _probe_with_report(f, reports[f]))
                     sums[6] += time.process_time() - c0
-                for times, v in zip((t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep), sums):
+                    sums[7] += _timed(lambda: decode_floor(f, keys[f])) if keys[f] else math.nan
+                for times, v in zip((t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep, t_floor), sums):
                     times.append(v)
         n = len(files)
-        ff, sm, fl, cff, csm, rp, crp = (statistics.median(x) for x in
-                                         (t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep))
+        ff, sm, fl, cff, csm, rp, crp, fo = (statistics.median(x) for x in
+                                             (t_ff, t_sampled, t_full, cpu_ff, cpu_sampled, t_rep, cpu_rep, t_floor))
+        sampled_keys = statistics.median(len(k or []) for k in keys.values())
         out.update({f"probe_{key}_clips": n, f"probe_{key}_ffprobe_files_per_s": n / ff,
                     f"probe_{key}_sampled_files_per_s": n / sm, f"probe_{key}_sampled_ratio_vs_ffprobe": ff / sm,
                     f"probe_{key}_full_files_per_s": n / fl, f"probe_{key}_full_ratio_vs_ffprobe": ff / fl,
                     f"probe_{key}_ffprobe_cpu_ms_per_file": 1000 * cff / n,
                     f"probe_{key}_sampled_cpu_ms_per_file": 1000 * csm / n,
                     f"probe_{key}_report_files_per_s": n / rp, f"probe_{key}_report_ratio_vs_ffprobe": ff / rp,
-                    f"probe_{key}_report_cpu_ms_per_file": 1000 * crp / n})
+                    f"probe_{key}_report_cpu_ms_per_file": 1000 * crp / n,
+                    f"probe_{key}_key_frame_floor_ratio_vs_ffprobe": ff / fo})
         print(f"  probe throughput on {n} clips of {label} (median of {repeats}):")
         print(f"    baseline: one ffprobe subprocess per file (metadata only)            {n / ff:6.1f} files/s")
         print(f"    every score from sampled frames (+ sha256, packet scan, key-frame hashes) {n / sm:6.1f} files/s"
               f"   ratio {ff / sm:.2f}x  (goal >= 3x: {'met' if ff / sm >= 3 else 'NOT met'})")
+        if math.isnan(fo):
+            print("    floor of any sampled decode: n/a (the sample points lie between key frames: their reference "
+                  "frames decode too)")
+        else:
+            print(f"    floor of any sampled decode: {sampled_keys:.0f} sampled key frames decoded alone, nothing else"
+                  f" {n / fo:6.1f} files/s   ratio {ff / fo:.2f}x  (the most a sampled probe of these clips can reach)")
         print(f"    every score from a full decode (reference)                           {n / fl:6.1f} files/s"
               f"   ratio {ff / fl:.2f}x")
         print(f"    scores from the transcode report (+ sha256, packet scan, no decode)  {n / rp:6.1f} files/s"
@@ -248,6 +267,33 @@ def bench_probe(clips: int, repeats: int) -> dict:
               f"sampled {1000 * csm / n:.1f} ms   ratio {cff / csm:.2f}x, report {1000 * crp / n:.1f} ms   "
               f"ratio {cff / crp:.2f}x")
     return out
+
+
+def key_frame_times(f: Path, samples: int = ProbeSettings().samples) -> list[float] | None:
+    """The sample points the sampled probe decodes when every one of them is a key frame, else None."""
+    import av
+
+    with av.open(str(f), options=SAFE_OPEN_OPTIONS) as c:
+        stream = c.streams.video[0]
+        tb = float(stream.time_base)
+        pkts = [(float(p.pts * tb), p.is_keyframe) for p in c.demux(stream) if p.size and p.pts is not None]
+    times = [t for t, _ in pkts]
+    keys = sorted(t for t, k in pkts if k)
+    start, dt = min(times), (max(times) - min(times)) / max(1, len(times) - 1)
+    points = sample_times(start, max(times) - start + dt, keys, samples)
+    return points if set(points) <= set(keys) else None  # None: points between key frames
+
+
+def decode_floor(f: Path, keys: list[float]) -> None:
+    """Open the file, then for each key frame: seek to it, decode that one packet and drain the decoder."""
+    import av
+
+    with av.open(str(f), options=SAFE_OPEN_OPTIONS) as c:
+        stream = c.streams.video[0]
+        for k in keys:
+            c.seek(int(round(k / float(stream.time_base))), stream=stream, backward=True, any_frame=False)
+            pkt = next(p for p in c.demux(stream) if p.size)
+            assert stream.decode(pkt) + stream.decode(None), f"{f}: no frame at {k}"
 
 
 def _report_scores(row: dict) -> dict:

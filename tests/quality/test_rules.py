@@ -109,8 +109,14 @@ def test_near_duplicates_match_an_all_pairs_search(bits, max_distance):
     values += [(rng.getrandbits(bits - bits // 2) << (bits // 2)) | shared for _ in range(40)]
     rng.shuffle(values)
     hashes = [f"{v:0{bits // 4}x}" for v in values]
+    expected = _all_pairs(values, max_distance)
+    assert any(expected)
+    assert near_duplicates(hashes, max_distance) == expected
 
-    parent = list(range(len(values)))  # all-pairs reference: clusters led by their earliest row
+
+def _all_pairs(values: list[int], max_distance: int, compatible=None) -> list:
+    """near_duplicates by comparing every pair: clusters led by their earliest row."""
+    parent = list(range(len(values)))
 
     def find(x):
         while parent[x] != x:
@@ -121,14 +127,46 @@ def test_near_duplicates_match_an_all_pairs_search(bits, max_distance):
     for j in range(len(values)):
         for i in range(j):
             d = (values[i] ^ values[j]).bit_count()
-            if d <= max_distance:
+            if d <= max_distance and (compatible is None or compatible(i, j)):
                 ri, rj = find(i), find(j)
                 parent[max(ri, rj)] = min(ri, rj)
                 closest[i] = min((d, j), closest.get(i, (d, j)))
                 closest[j] = min((d, i), closest.get(j, (d, i)))
-    expected = [(find(i), closest[i][1], closest[i][0]) if find(i) != i else None for i in range(len(values))]
-    assert any(expected)
-    assert near_duplicates(hashes, max_distance) == expected
+    return [(find(i), closest[i][1], closest[i][0]) if find(i) != i else None for i in range(len(values))]
+
+
+def test_copies_of_one_hash_give_what_every_pair_gives():
+    import random
+
+    import numpy as np
+
+    # Groups of exact copies (a station ident, a re-used shot) whose lengths differ a little or a lot: copies
+    # of one length stand for each other; another length is vetoed, a length within tolerance is not; a
+    # negative aspect is vetoed even against itself. Plus near variants of the copied hash.
+    rng = random.Random(7)
+    base = rng.getrandbits(192)
+    values, lengths, aspects = [], [], []
+    for _ in range(300):
+        kind = rng.random()
+        values.append(base if kind < 0.6 else base ^ (1 << rng.randrange(192)) if kind < 0.8 else rng.getrandbits(192))
+        lengths.append(rng.choice([10.0, 10.0, 10.2, 30.0]))
+        aspects.append(rng.choice([1.78, 1.78, -1.0]))
+
+    def compatible(i, j):
+        return abs(lengths[i] - lengths[j]) <= 0.5 and not (aspects[i] < 0 and abs(aspects[i] - aspects[j]) > 0.1 * aspects[j])
+
+    same = np.column_stack([np.array(lengths).view(np.uint64), np.array(aspects).view(np.uint64)])
+    hashes = [f"{v:048x}" for v in values]
+    expected = _all_pairs(values, 8, compatible)
+    assert sum(e is not None for e in expected) > 150
+    assert near_duplicates(hashes, 8, compatible, same) == expected
+    assert near_duplicates(hashes, 8, compatible) == expected  # without `same`: no row stands for another
+
+
+def test_twenty_thousand_copies_are_one_cluster_without_their_pairs():
+    hashes = ["%048x" % (0xABCDEF << 100)] * 20_000  # all pairs would be 200 million
+    res = near_duplicates(hashes, 8)
+    assert res[0] is None and all(r == (0, 0, 0) for r in res[1:])
 
 
 @pytest.mark.parametrize("bits", [64, 192])
@@ -226,3 +264,20 @@ def test_a_rule_setting_that_is_not_a_number_is_refused_when_the_rules_load(sett
 def test_an_exponent_yaml_reads_as_text_is_a_number():
     # YAML 1.1 reads 1e308 (no dot) as a string; it once failed the whole pass with a NumPy type error.
     assert parse_rules("rules: [{name: r, type: range, field: duration, max: 1e308}]").rules[-1].max == 1e308
+
+
+def test_a_tampered_row_is_rejected_with_its_reason_and_the_rest_pass():
+    # A hash that is not hexadecimal (one non-ASCII letter, or none hex at all) and a width past 2**53 were an
+    # exception that failed every row of the pass.
+    table = manifest({"phash": "f0f0f0f0f0f0f0f0"}, {"phash": "f0f0f0f0f0f0f0fé"}, {"phash": "zz" * 400},
+                     {"phash": "f0f0f0f0f0f0f0f1"}, {"phash": "0f0f0f0f0f0f0f0f"})
+    table = table.set_column(table.schema.get_field_index("width"), "width",
+                             pa.array([1280, 1280, 1280, 1280, 2**60], pa.int64()))
+    res = apply_rules(table, default_rules())
+    assert res.clean.column("id").to_pylist() == ["r0"]
+    assert res.rejected.column("reasons").to_pylist() == [
+        ["near_duplicate: phash 'f0f0f0f0f0f0f0fé' is not hexadecimal"],
+        [f"near_duplicate: phash '{'z' * 40}...' is not hexadecimal"],
+        ["near_duplicate: within 1 bits of r0"],
+        ["aspect_ratio: aspect_ratio 1.6e+15 > max 2.4"]]
+    assert {r["name"]: r["rejected"] for r in res.report["rules"]}["near_duplicate"] == 3

@@ -196,7 +196,8 @@ def load_rules(uri: str | None, storage: Storage | None = None,
 def _np(table: pa.Table, name: str, dtype=float) -> np.ndarray:
     col = table.column(name)
     if dtype is float:
-        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(float)  # nulls -> nan
+        # safe=False: an integer past 2**53 (a tampered manifest) becomes the nearest double instead of an error
+        return pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(float)  # nulls -> nan
     return np.asarray(col.to_pylist(), dtype=object)
 
 
@@ -350,9 +351,15 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
                     return False
                 return True
 
-            dup_of = near_duplicates(table.column(rule.field), rule.max_distance, compatible)
-            mask = np.array([d is not None for d in dup_of], dtype=bool)
-            add(rule, mask, lambda i: _near_duplicate_reason(dup_of[i], ids))
+            kinds = np.unique(media_type, return_inverse=True)[1].ravel()
+            same = np.column_stack([kinds.astype(np.uint64), np.asarray(aspect, np.float64).view(np.uint64),
+                                    np.asarray(dur, np.float64).view(np.uint64)])
+            hashes = table.column(rule.field)
+            bad = ~hex_hashes(hashes) & (pc.fill_null(pc.utf8_length(hashes), 0).to_numpy(zero_copy_only=False) > 0)
+            dup_of = near_duplicates(hashes, rule.max_distance, compatible, same)
+            mask = np.array([d is not None for d in dup_of], dtype=bool) | bad  # a bad hash is in no pair
+            add(rule, mask, lambda i: f"{rule.field} {_clipped(hashes[i].as_py())} is not hexadecimal" if bad[i]
+                else _near_duplicate_reason(dup_of[i], ids))
     hits = np.zeros(n, np.int64)
     for _, idx, _ in found:
         hits[idx] += 1
@@ -374,26 +381,47 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
 
 
 def near_duplicates(hashes: list[str | None], max_distance: int,
-                    compatible: Callable[[int, int], bool] | None = None) -> list[tuple[int, int, int] | None]:
+                    compatible: Callable[[int, int], bool] | None = None,
+                    same: np.ndarray | None = None) -> list[tuple[int, int, int] | None]:
     """For each row that is not the first of its cluster: (the cluster's first row, the row's closest
     match, their distance); None for the others. A row can join a cluster through a later row, so its
     closest match need not be the first row.
 
     Hex hashes of equal length are compared by Hamming distance (an image's one-frame hash is never compared
-    with a video's three-frame one). The close pairs come from an exact search whose plan (pigeonhole bands,
+    with a video's three-frame one); a hash that is not hexadecimal is left out (the rule rejects its row). The close pairs come from an exact search whose plan (pigeonhole bands,
     radius-1 multi-index bands, or all pairs) is chosen per hash length from the bucket sizes, so a raised
     threshold costs what its candidates cost (see _close_pairs); only the close pairs (few) reach Python.
-    `compatible(i, j)` can veto a pair.
+    `compatible(i, j)` can veto a pair. `same` (rows x k uint64, optional) holds what `compatible` looks at:
+    rows with one hash and one `same` row are interchangeable to it.
+
+    Rows with one hash (and one `same` row) are searched once, as the group's first row, and every other row
+    of the group is paired with that first row at distance 0: the same clusters and closest matches as all
+    their pairs, without the pairs (8,000 copies of one clip are 32 million of them).
     """
     n = len(hashes)
     col = pa.array(hashes, pa.string()) if not isinstance(hashes, (pa.Array, pa.ChunkedArray)) else hashes
-    lengths = pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False)
-    pairs = []
+    lengths = np.where(hex_hashes(col), pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False), 0)
+    if compatible is not None and same is None:
+        same = np.arange(n, dtype=np.uint64)[:, None]  # what the veto looks at is unknown: no row stands for another
+    pairs, copies = [], []  # (row, row, distance) between groups' first rows; (first row, copy) in a group
     for length in np.unique(lengths[lengths > 0]):
         rows = np.flatnonzero(lengths == length)
         words = _hex_words(col.take(pa.array(rows)), int(length))
-        a, b, d = _close_pairs(words, int(length) * 4, max_distance)
-        pairs += zip(rows[a].tolist(), rows[b].tolist(), d.tolist())
+        key = words if same is None else np.column_stack([words, same[rows]])
+        # The first row of each group of equal keys, and each row's group (a stable sort: firsts are earliest).
+        _, first, group = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        head = first[group.ravel()]  # each row's group's first row (positions in `rows`)
+        copy = np.flatnonzero(head != np.arange(len(rows)))
+        if compatible is not None:  # a group whose rows the veto keeps apart (e.g. a negative aspect) is not one
+            apart = {head[k] for k in copy.tolist() if not compatible(int(rows[head[k]]), int(rows[k]))}
+            if apart:
+                split = np.isin(head, list(apart))
+                head[split] = np.flatnonzero(split)
+                copy = np.flatnonzero(head != np.arange(len(rows)))
+        heads = np.flatnonzero(head == np.arange(len(rows)))
+        a, b, d = _close_pairs(np.ascontiguousarray(words[heads]), int(length) * 4, max_distance)
+        pairs += zip(rows[heads[a]].tolist(), rows[heads[b]].tolist(), d.tolist())
+        copies += zip(rows[head[copy]].tolist(), rows[copy].tolist())
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -402,21 +430,40 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
             x = parent[x]
         return x
 
-    closest: dict[int, tuple[int, int]] = {}  # row -> (distance, row) of its closest compatible match
-    for ia, ib, d in pairs:
-        if compatible is not None and not compatible(ia, ib):
-            continue
+    def join(ia: int, ib: int) -> None:
         ra, rb = find(ia), find(ib)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)  # the earliest row leads the cluster
+
+    closest: dict[int, tuple[int, int]] = {}  # row -> (distance, row) of its closest compatible match
+    equal: dict[int, int] = {}  # group's first row -> the earliest other group's first row at distance 0
+    for ia, ib, d in pairs:
+        if compatible is not None and not compatible(ia, ib):
+            continue
+        join(ia, ib)
         for row, other in ((ia, ib), (ib, ia)):
             closest[row] = min((d, other), closest.get(row, (d, other)))
+            if d == 0:
+                equal[row] = min(other, equal.get(row, other))
+    for head, row in copies:  # compatible with whatever its group's first row is compatible with
+        join(head, row)
+        closest[row] = (0, min(head, equal.get(head, head)))  # the earliest equal row, as all pairs would give
+        closest[head] = min((0, row), closest.get(head, (0, row)))
     out: list[tuple[int, int, int] | None] = [None] * n
     for i in closest:
         root = find(i)
         if root != i:
             out[i] = (root, closest[i][1], closest[i][0])
     return out
+
+
+def hex_hashes(col) -> np.ndarray:
+    """Which hashes are hexadecimal digits only (what the probe writes); nulls and others are False."""
+    return pc.fill_null(pc.match_substring_regex(col, "^[0-9a-fA-F]+$"), False).to_numpy(zero_copy_only=False)
+
+
+def _clipped(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 _HEX = np.full(256, 255, np.uint8)
