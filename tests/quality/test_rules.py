@@ -276,8 +276,46 @@ def test_a_tampered_row_is_rejected_with_its_reason_and_the_rest_pass():
     res = apply_rules(table, default_rules())
     assert res.clean.column("id").to_pylist() == ["r0"]
     assert res.rejected.column("reasons").to_pylist() == [
-        ["near_duplicate: phash 'f0f0f0f0f0f0f0fé' is not hexadecimal"],
-        [f"near_duplicate: phash '{'z' * 40}...' is not hexadecimal"],
+        ["near_duplicate: phash 'f0f0f0f0f0f0f0fé' is not a hash of hexadecimal digits (at most 1024)"],
+        [f"near_duplicate: phash '{'z' * 40}...' is not a hash of hexadecimal digits (at most 1024)"],
         ["near_duplicate: within 1 bits of r0"],
         ["aspect_ratio: aspect_ratio 1.6e+15 > max 2.4"]]
     assert {r["name"]: r["rejected"] for r in res.report["rules"]}["near_duplicate"] == 3
+
+
+def test_copies_give_what_every_pair_gives_under_a_veto_that_depends_on_row_order():
+    import random
+
+    import numpy as np
+
+    # The default rule's tolerances scale with the later row's length, so (a, b) and (b, a) can disagree:
+    # (r0, r1) is vetoed (1.04 s is over 5 % of r1's 20.0 s) but (r1, r2) is not (within 5 % of 21.04 s): every
+    # pair gives one cluster kept as r0, whether r2 is an exact copy of r0 or a hair longer.
+    for last in (21.04, 21.040000000000003):
+        res = apply_rules(manifest({"phash": "f0f0f0f0f0f0f0f0", "duration": 21.04},
+                                   {"phash": "f0f0f0f0f0f0f0f3", "duration": 20.0},
+                                   {"phash": "f0f0f0f0f0f0f0f0", "duration": last}), default_rules())
+        assert res.clean.column("id").to_pylist() == ["r0"], last
+    for seed in range(40):
+        rng = random.Random(seed)
+        base = rng.getrandbits(64)
+        values = [base ^ (rng.getrandbits(3) << rng.randrange(60)) if rng.random() < 0.5 else base for _ in range(60)]
+        lengths = [rng.choice([20.0, 21.04, 10.0, 10.4]) for _ in values]
+
+        def later_scaled(i, j):
+            return abs(lengths[i] - lengths[j]) <= max(0.5, 0.05 * lengths[j])
+
+        same = np.array(lengths).view(np.uint64)[:, None]
+        hashes = [f"{v:016x}" for v in values]
+        assert near_duplicates(hashes, 8, later_scaled, same) == _all_pairs(values, 8, later_scaled), seed
+
+
+def test_a_hash_longer_than_any_probe_writes_is_rejected_not_miscounted():
+    # 16,384 digits are 65,536 bits: a distance counter of 16 bits would wrap to "within 0 bits".
+    zero = "0" * 16384
+    rows = [{"phash": zero}] + [{"phash": zero[:i] + "1" + zero[i + 1:]} for i in (0, 5000, 10000)] + [{"phash": "f" * 16384}]
+    res = apply_rules(manifest(*rows), default_rules())
+    assert res.clean.column("id").to_pylist() == []
+    assert all(r == [f"near_duplicate: phash '{h['phash'][:40]}...' is not a hash of hexadecimal digits (at most 1024)"]
+               for r, h in zip(res.rejected.column("reasons").to_pylist(), rows))
+    assert near_duplicates(["0" * 1024, "f" * 1024, "0" * 1023 + "1"], 8) == [None, None, (0, 0, 1)]

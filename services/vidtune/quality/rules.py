@@ -358,7 +358,8 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
             bad = ~hex_hashes(hashes) & (pc.fill_null(pc.utf8_length(hashes), 0).to_numpy(zero_copy_only=False) > 0)
             dup_of = near_duplicates(hashes, rule.max_distance, compatible, same)
             mask = np.array([d is not None for d in dup_of], dtype=bool) | bad  # a bad hash is in no pair
-            add(rule, mask, lambda i: f"{rule.field} {_clipped(hashes[i].as_py())} is not hexadecimal" if bad[i]
+            add(rule, mask, lambda i: f"{rule.field} {_clipped(hashes[i].as_py())} is not a hash of hexadecimal digits "
+                f"(at most {MAX_HASH_DIGITS})" if bad[i]
                 else _near_duplicate_reason(dup_of[i], ids))
     hits = np.zeros(n, np.int64)
     for _, idx, _ in found:
@@ -391,12 +392,14 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
     with a video's three-frame one); a hash that is not hexadecimal is left out (the rule rejects its row). The close pairs come from an exact search whose plan (pigeonhole bands,
     radius-1 multi-index bands, or all pairs) is chosen per hash length from the bucket sizes, so a raised
     threshold costs what its candidates cost (see _close_pairs); only the close pairs (few) reach Python.
-    `compatible(i, j)` can veto a pair. `same` (rows x k uint64, optional) holds what `compatible` looks at:
-    rows with one hash and one `same` row are interchangeable to it.
+    `compatible(i, j)` (i < j) can veto a pair. `same` (rows x k uint64, optional) holds what `compatible`
+    looks at: rows with one hash and one `same` row are interchangeable to it.
 
     Rows with one hash (and one `same` row) are searched once, as the group's first row, and every other row
     of the group is paired with that first row at distance 0: the same clusters and closest matches as all
-    their pairs, without the pairs (8,000 copies of one clip are 32 million of them).
+    their pairs, without the pairs (8,000 copies of one clip are 32 million of them). Where the veto of two
+    groups depends on which row comes first (its tolerances scale with the later row), the hashes of that
+    length are searched row by row instead.
     """
     n = len(hashes)
     col = pa.array(hashes, pa.string()) if not isinstance(hashes, (pa.Array, pa.ChunkedArray)) else hashes
@@ -418,8 +421,17 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
                 split = np.isin(head, list(apart))
                 head[split] = np.flatnonzero(split)
                 copy = np.flatnonzero(head != np.arange(len(rows)))
+        bits, reach = int(length) * 4, min(max_distance, int(length) * 4)
         heads = np.flatnonzero(head == np.arange(len(rows)))
-        a, b, d = _close_pairs(np.ascontiguousarray(words[heads]), int(length) * 4, max_distance)
+        a, b, d = _close_pairs(np.ascontiguousarray(words[heads]), bits, reach)
+        if compatible is not None and copy.size:
+            grouped = np.isin(heads, head[copy])
+            near = [(int(rows[heads[i]]), int(rows[heads[j]])) for i, j in zip(a.tolist(), b.tolist())
+                    if grouped[i] or grouped[j]]
+            if any(compatible(i, j) != compatible(j, i) for i, j in near):
+                head = heads = np.arange(len(rows))
+                copy = np.zeros(0, np.int64)
+                a, b, d = _close_pairs(words, bits, reach)
         pairs += zip(rows[heads[a]].tolist(), rows[heads[b]].tolist(), d.tolist())
         copies += zip(rows[head[copy]].tolist(), rows[copy].tolist())
     parent = list(range(n))
@@ -457,9 +469,13 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
     return out
 
 
+MAX_HASH_DIGITS = 1024  # the probe writes 16 or 48; distances of up to 4,096 bits fit the search's counters
+
+
 def hex_hashes(col) -> np.ndarray:
-    """Which hashes are hexadecimal digits only (what the probe writes); nulls and others are False."""
-    return pc.fill_null(pc.match_substring_regex(col, "^[0-9a-fA-F]+$"), False).to_numpy(zero_copy_only=False)
+    """Which hashes are 1 to MAX_HASH_DIGITS hexadecimal digits (what the probe writes); nulls and others False."""
+    digits = pc.and_(pc.match_substring_regex(col, "^[0-9a-fA-F]+$"), pc.less_equal(pc.utf8_length(col), MAX_HASH_DIGITS))
+    return pc.fill_null(digits, False).to_numpy(zero_copy_only=False)
 
 
 def _clipped(text: str, limit: int = 40) -> str:
