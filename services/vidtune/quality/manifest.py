@@ -133,8 +133,47 @@ def write_table(table: pa.Table, uri: str, storage: Storage | None = None) -> st
 
 
 def read_table(uri: str, storage: Storage | None = None) -> pa.Table:
+    """A manifest version, its text columns made valid UTF-8 (see with_valid_text)."""
     storage = storage or Storage()
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    return with_valid_text(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
+
+
+def with_valid_text(table: pa.Table) -> pa.Table:
+    """Parquet stores strings as bytes it never checks, so an edited file can hold invalid UTF-8, which every
+    later step would fail on, for every row. The bad bytes of such a row become U+FFFD and its ingest_error
+    names the columns, so the ingest_errors rule rejects that row alone and says why."""
+    bad_rows: dict[int, list[str]] = {}
+    columns = list(table.columns)
+    for k, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        try:
+            columns[k].validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = columns[k].cast(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary())
+        values = []
+        for i, b in enumerate(raw.to_pylist()):
+            if b is None:
+                values.append(None)
+                continue
+            try:
+                values.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(b.decode("utf-8", "replace"))
+                bad_rows.setdefault(i, []).append(field.name)
+        columns[k] = pa.chunked_array([pa.array(values, field.type)])
+    if not bad_rows:
+        return table
+    if "ingest_error" in table.column_names:
+        k = table.column_names.index("ingest_error")
+        errors = columns[k].to_pylist()
+        for i, names in bad_rows.items():
+            note = f"not valid UTF-8 in {', '.join(names)} (bytes replaced)"
+            errors[i] = f"{errors[i]}; {note}" if errors[i] else note
+        columns[k] = pa.chunked_array([pa.array(errors, table.schema.field(k).type)])
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def resolve_media(root: str, media: str) -> str:
