@@ -208,7 +208,8 @@ def main(s3=None, bucket: str | None = None) -> dict:
     return {"batched_fps": round(total_frames / tb, 2), "naive_fps": round(total_frames / tn, 2),
             "ratio": round(tn / tb, 2), "naive_onednn_fps": round(total_frames / tk, 2),
             "ratio_vs_naive_onednn": round(tk / tb, 2),
-            "compute_floor_s": round(tf, 3), "naive_over_floor": round(tn / tf, 2), "frechet_400d_ms": round(t_fvd * 1000, 1)}
+            "compute_floor_s": round(tf, 3), "naive_over_floor": round(tn / tf, 2),
+            "frechet_400d_ms": round(t_fvd * 1000, 1)}
 
 
 if __name__ == "__main__":

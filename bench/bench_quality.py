@@ -47,8 +47,8 @@ import pyarrow.parquet as pq
 
 from vidtune.quality.features import with_features
 from vidtune.quality.manifest import read_table, write_table
-from vidtune.platform.media import SAFE_OPEN_OPTIONS
-from vidtune.quality.probe import (ProbeSettings, check_report_scores, probe_file, sample_times,
+from vidtune.platform.media import SAFE_OPEN_OPTIONS, open_video
+from vidtune.quality.probe import (ProbeSettings, _rescan, check_report_scores, probe_file, sample_times,
                                   scores_version)
 from vidtune.quality.rules import apply_rules, default_rules, near_duplicates
 from vidtune.quality.stats import (CONTENT_MAX_CHARS, CONTENT_SAMPLE, compute_stats, content_sample_error,
@@ -270,18 +270,13 @@ def bench_probe(clips: int, repeats: int) -> dict:
 
 
 def key_frame_times(f: Path, samples: int = ProbeSettings().samples) -> list[float] | None:
-    """The sample points the sampled probe decodes when every one of them is a key frame, else None."""
-    import av
-
-    with av.open(str(f), options=SAFE_OPEN_OPTIONS) as c:
-        stream = c.streams.video[0]
-        tb = float(stream.time_base)
-        pkts = [(float(p.pts * tb), p.is_keyframe) for p in c.demux(stream) if p.size and p.pts is not None]
-    times = [t for t, _ in pkts]
-    keys = sorted(t for t, k in pkts if k)
-    start, dt = min(times), (max(times) - min(times)) / max(1, len(times) - 1)
-    points = sample_times(start, max(times) - start + dt, keys, samples)
-    return points if set(points) <= set(keys) else None  # None: points between key frames
+    """The points the sampled probe decodes (its own packet scan and choice) when every one is a key frame,
+    else None."""
+    with open_video(f) as (c, info):
+        scan = _rescan(c)
+    start, frame_dt = min(scan.times), 1.0 / info.fps if info.fps else 0.04
+    points = sample_times(start, max(scan.times) - start + frame_dt, scan.keys, samples)
+    return points if set(points) <= set(scan.keys) else None
 
 
 def decode_floor(f: Path, keys: list[float]) -> None:

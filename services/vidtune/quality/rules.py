@@ -358,9 +358,8 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> FilterResult:
             bad = ~hex_hashes(hashes) & (pc.fill_null(pc.utf8_length(hashes), 0).to_numpy(zero_copy_only=False) > 0)
             dup_of = near_duplicates(hashes, rule.max_distance, compatible, same)
             mask = np.array([d is not None for d in dup_of], dtype=bool) | bad  # a bad hash is in no pair
-            add(rule, mask, lambda i: f"{rule.field} {_clipped(hashes[i].as_py())} is not a hash of hexadecimal digits "
-                f"(at most {MAX_HASH_DIGITS})" if bad[i]
-                else _near_duplicate_reason(dup_of[i], ids))
+            add(rule, mask, lambda i: f"{rule.field} {_clipped(hashes[i].as_py())} is not a hash of hexadecimal "
+                f"digits (at most {MAX_HASH_DIGITS})" if bad[i] else _near_duplicate_reason(dup_of[i], ids))
     hits = np.zeros(n, np.int64)
     for _, idx, _ in found:
         hits[idx] += 1
@@ -389,9 +388,10 @@ def near_duplicates(hashes: list[str | None], max_distance: int,
     closest match need not be the first row.
 
     Hex hashes of equal length are compared by Hamming distance (an image's one-frame hash is never compared
-    with a video's three-frame one); a hash that is not hexadecimal is left out (the rule rejects its row). The close pairs come from an exact search whose plan (pigeonhole bands,
-    radius-1 multi-index bands, or all pairs) is chosen per hash length from the bucket sizes, so a raised
-    threshold costs what its candidates cost (see _close_pairs); only the close pairs (few) reach Python.
+    with a video's three-frame one); any other hash is left out (see hex_hashes; the rule rejects its row).
+    The close pairs come from an exact search whose plan (pigeonhole bands, radius-1 multi-index bands, or
+    all pairs) is chosen per hash length from the bucket sizes, so a raised threshold costs what its
+    candidates cost (see _close_pairs); only the close pairs (few) reach Python.
     `compatible(i, j)` (i < j) can veto a pair. `same` (rows x k uint64, optional) holds what `compatible`
     looks at: rows with one hash and one `same` row are interchangeable to it.
 
@@ -474,7 +474,8 @@ MAX_HASH_DIGITS = 1024  # the probe writes 16 or 48; distances of up to 4,096 bi
 
 def hex_hashes(col) -> np.ndarray:
     """Which hashes are 1 to MAX_HASH_DIGITS hexadecimal digits (what the probe writes); nulls and others False."""
-    digits = pc.and_(pc.match_substring_regex(col, "^[0-9a-fA-F]+$"), pc.less_equal(pc.utf8_length(col), MAX_HASH_DIGITS))
+    digits = pc.and_(pc.match_substring_regex(col, "^[0-9a-fA-F]+$"),
+                     pc.less_equal(pc.utf8_length(col), MAX_HASH_DIGITS))
     return pc.fill_null(digits, False).to_numpy(zero_copy_only=False)
 
 
@@ -488,15 +489,13 @@ for _i, _c in enumerate("0123456789abcdef"):
 
 
 def _hex_words(col: pa.Array, length: int) -> np.ndarray:
-    """Hex strings of one length as 64-bit words, least significant word first (shape rows x words)."""
+    """Hex strings of one length (hex_hashes has checked them) as 64-bit words, least significant word first
+    (shape rows x words)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     col = col.cast(pa.large_string())
     offs = np.frombuffer(col.buffers()[1], np.int64)[col.offset:col.offset + len(col) + 1]
     data = np.frombuffer(col.buffers()[2], np.uint8)[offs[0]:offs[-1]]
     nibbles = _HEX[data].reshape(len(col), length)
-    if (nibbles == 255).any():
-        bad = col[int(np.flatnonzero((nibbles == 255).any(axis=1))[0])].as_py()
-        raise InvalidArgument(f"perceptual hash {bad!r} is not hexadecimal")
     n_words = -(-length // 16)
     padded = np.zeros((len(col), n_words * 16), np.uint8)
     padded[:, n_words * 16 - length:] = nibbles
